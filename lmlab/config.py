@@ -1,0 +1,287 @@
+"""Configs as plain dataclasses, and the one registry of named presets.
+
+A config is plain data: classes are chosen by name ("rope", "rmsnorm"), derived fields are filled
+in ``__post_init__``, and a model is rebuilt from its ``config.json`` alone. Each field's trailing
+comment is its ``--help`` line on the command line (tyro reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmlab.errors import LmlabError, did_you_mean
+
+ARCHS = ("gpt", "rnn", "lstm", "seq2seq")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu", "swiglu", "relu2", "relu")
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a model. One dataclass for every architecture; each uses the fields it needs."""
+
+    arch: Literal["gpt", "rnn", "lstm", "seq2seq"] = "gpt"  # architecture
+    vocab_size: int = 0  # vocabulary size; 0 = take it from the dataset's tokenizer
+    block_size: int = 64  # context length in tokens (the largest position a model can see)
+    n_layer: int = 4  # number of Transformer blocks or stacked recurrent layers
+    n_head: int = 4  # attention heads
+    n_kv_head: int = 0  # key/value heads for grouped-query attention; 0 = n_head (plain multi-head)
+    n_embd: int = 128  # model width d_model (RNN/LSTM: embedding size)
+    n_hidden: int = 0  # RNN/LSTM hidden size; 0 = n_embd
+    ffn_hidden: int = 0  # feed-forward inner width; 0 = 4*n_embd (gelu/relu2/relu) or ~8/3*n_embd (swiglu)
+    pos: Literal["learned", "sinusoidal", "rope", "none"] = "learned"  # positional encoding
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # normalization layer
+    norm_position: Literal["pre", "post"] = "pre"  # norm before each sublayer (GPT-2) or after (original)
+    activation: Literal["gelu", "swiglu", "relu2", "relu"] = "gelu"  # feed-forward activation
+    bias: bool = True  # biases in linear layers and norms
+    tie_embeddings: bool = True  # share the input embedding and the output layer weights
+    dropout: float = 0.0  # dropout probability (embeddings, attention, residuals, between RNN layers)
+    rope_theta: float = 10000.0  # RoPE base frequency
+    norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
+    init_std: float = 0.02  # standard deviation of the normal weight initialization
+    n_encoder_layer: int = 0  # seq2seq: encoder blocks; 0 = n_layer
+    label_smoothing: float = 0.0  # label smoothing of the training loss (seq2seq uses 0.1)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse an inconsistent shape with a message that names the field."""
+        for name, allowed in (
+            ("arch", ARCHS),
+            ("pos", POSITIONS),
+            ("norm", NORMS),
+            ("norm_position", NORM_POSITIONS),
+            ("activation", ACTIVATIONS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise LmlabError(
+                    f"model.{name}: unknown value {value!r}{did_you_mean(str(value), allowed)}; "
+                    f"choose one of {', '.join(allowed)}"
+                )
+        for name in ("block_size", "n_layer", "n_embd"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("vocab_size", "n_kv_head", "n_hidden", "ffn_hidden", "n_encoder_layer"):
+            if getattr(self, name) < 0:
+                raise LmlabError(f"model.{name} must be >= 0 (0 = default), got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise LmlabError(f"model.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.arch in ("gpt", "seq2seq"):
+            if self.n_head < 1:
+                raise LmlabError(f"model.n_head must be at least 1, got {self.n_head}")
+            if self.n_embd % self.n_head:
+                raise LmlabError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            kv = self.n_kv_head or self.n_head
+            if self.n_head % kv:
+                raise LmlabError(
+                    f"model.n_kv_head ({kv}) must divide model.n_head ({self.n_head}) for grouped-query attention"
+                )
+            if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+                raise LmlabError(
+                    f"model.pos 'rope' needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}"
+                )
+            if self.pos == "sinusoidal" and self.n_embd % 2:
+                raise LmlabError(f"model.pos 'sinusoidal' needs an even model.n_embd, got {self.n_embd}")
+
+    # derived values, computed rather than stored so the config stays plain data
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.n_hidden or self.n_embd
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        if self.activation == "swiglu":
+            # 2/3 of 4*d keeps the parameter count of a 4*d MLP; round up to a multiple of 64 for fast matmuls
+            return (int(8 * self.n_embd / 3) + 63) // 64 * 64
+        return 4 * self.n_embd
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise LmlabError(f"model config has unknown field(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named starting point: a model shape plus the training settings that suit it."""
+
+    name: str
+    description: str
+    model: ModelConfig
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the training config's defaults
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    if preset.name in _PRESETS:
+        raise ValueError(f"preset {preset.name!r} registered twice")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a mistyped name gets a "did you mean"."""
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise LmlabError(
+            f"unknown preset {name!r}{did_you_mean(name, _PRESETS)}; known presets: {', '.join(_PRESETS)}"
+        ) from None
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def list_presets() -> list[Preset]:
+    return list(_PRESETS.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The presets. Training fields are names of the training config (lmlab.train); the values follow
+# the published recipes the presets are named after.
+register_preset(
+    Preset(
+        "tiny",
+        "2-layer GPT of width 32 for tests; trains in seconds",
+        ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32),
+        {"batch_size": 8, "max_steps": 50, "lr": 3e-3, "warmup_steps": 5, "eval_every": 25, "eval_steps": 4},
+    )
+)
+register_preset(
+    Preset(
+        "baby",
+        "nanoGPT's CPU config: 4 layers, 4 heads, width 128, block 64",
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
+        {
+            "batch_size": 12,
+            "max_steps": 2000,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "eval_every": 250,
+            "eval_steps": 20,
+        },
+    )
+)
+register_preset(
+    Preset(
+        "shakespeare-char",
+        "nanoGPT's Shakespeare config: 6 layers, 6 heads, width 384, block 256, dropout 0.2",
+        ModelConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        {
+            "batch_size": 64,
+            "max_steps": 5000,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "beta2": 0.99,
+            "eval_every": 250,
+            "eval_steps": 200,
+        },
+    )
+)
+register_preset(
+    Preset(
+        "gpt2-124m",
+        "GPT-2 small: 12 layers, 12 heads, width 768, block 1024",
+        ModelConfig(block_size=1024, n_layer=12, n_head=12, n_embd=768),
+        {
+            "batch_size": 8,
+            "max_steps": 10000,
+            "lr": 6e-4,
+            "min_lr": 6e-5,
+            "warmup_steps": 700,
+            "weight_decay": 0.1,
+            "beta2": 0.95,
+            "eval_every": 500,
+            "eval_steps": 50,
+        },
+    )
+)
+register_preset(
+    Preset(
+        "modern-small",
+        "Llama-style small GPT: RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention; 6 layers, width 384",
+        ModelConfig(
+            block_size=256,
+            n_layer=6,
+            n_head=6,
+            n_kv_head=2,
+            n_embd=384,
+            pos="rope",
+            norm="rmsnorm",
+            activation="swiglu",
+            bias=False,
+            tie_embeddings=False,
+        ),
+        {
+            "batch_size": 64,
+            "max_steps": 5000,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "beta2": 0.99,
+            "eval_every": 250,
+            "eval_steps": 200,
+        },
+    )
+)
+register_preset(
+    Preset(
+        "lstm",
+        "2-layer LSTM, embedding 128, hidden 256: about the parameter count of baby",
+        ModelConfig(arch="lstm", block_size=64, n_layer=2, n_embd=128, n_hidden=256, tie_embeddings=False),
+        {
+            "batch_size": 12,
+            "max_steps": 2000,
+            "lr": 2e-3,
+            "min_lr": 2e-4,
+            "warmup_steps": 50,
+            "eval_every": 250,
+            "eval_steps": 20,
+        },
+    )
+)
+register_preset(
+    Preset(
+        "rnn",
+        "2-layer Elman RNN (tanh), embedding 128, hidden 512: about the parameter count of baby",
+        ModelConfig(arch="rnn", block_size=64, n_layer=2, n_embd=128, n_hidden=512, tie_embeddings=False),
+        {
+            "batch_size": 12,
+            "max_steps": 2000,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 50,
+            "eval_every": 250,
+            "eval_steps": 20,
+        },
+    )
+)

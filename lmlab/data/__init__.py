@@ -1,0 +1,1 @@
+"""Data: tokenizers, dataset preparation, batch loading."""

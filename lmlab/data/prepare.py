@@ -1,0 +1,423 @@
+"""`lmlab prepare`: text files or a named dataset -> a dataset directory of token shards.
+
+    DATA/train.bin   tokens of the training split, uint16 or uint32, documents separated by <|eos|>
+    DATA/val.bin     tokens of the validation split
+    DATA/tokenizer.json
+    DATA/meta.json   vocabulary size, dtype, token counts, sources with sha256, tokenizer kind, version
+
+The corpus is streamed: files are read in blocks cut at line ends, encoded a batch of blocks at a
+time (HF ``tokenizers`` spreads a batch over every core), and appended to the shards, so memory
+stays bounded whatever the corpus size. The directory is built under a temporary name and renamed
+into place at the end, so a failure or Ctrl-C never leaves a partial dataset behind.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tyro
+
+from lmlab import __version__
+from lmlab.data import tokenizer as toklib
+from lmlab.data.sources import resolve_source
+from lmlab.errors import LmlabError, did_you_mean
+
+BLOCK_BYTES = 1 << 14  # read files in 16 KiB blocks cut at the last newline: small pieces balance encode_batch best
+LINE_SEARCH_BYTES = 1 << 20  # how far to look for a line end at the train/val cut
+BATCH_BYTES = 8 << 20  # encode this much text per encode_batch call: hundreds of pieces keep every core busy
+
+
+@dataclass
+class PrepareConfig:
+    """Tokenize a corpus into a dataset directory (train.bin, val.bin, tokenizer.json, meta.json)."""
+
+    source: tyro.conf.Positional[
+        str
+    ]  # a text file, a directory or glob of text files, or a named dataset (shakespeare)
+    out: str | None = None  # output dataset directory; default data/<source name>-<tokenizer>
+    tokenizer: str = "char"  # char | bpe | word | path to an existing tokenizer.json (or a dir holding one)
+    vocab_size: int = 8192  # bpe / word: vocabulary size, special tokens included
+    min_frequency: int = 2  # bpe / word: ignore merges or words seen fewer times (rare words become <unk>)
+    val_fraction: float = 0.1  # share of the corpus held out for validation
+    seed: int = 1337  # chooses the validation documents when the split is by document
+    source_file: str | None = None  # local copy of a named dataset, used instead of downloading
+    encoding: str = "utf-8"  # text encoding of the source files (e.g. latin-1)
+    errors: Literal["strict", "replace"] = "strict"  # undecodable bytes: stop with an error, or replace them
+    min_val_tokens: int = 65  # refuse a corpus whose validation split is shorter (65 = one window of block 64)
+    tokenizer_sample_mb: float = 512.0  # bpe / word: train the tokenizer on at most this many MB of text
+    overwrite: bool = False  # replace an existing output directory
+    quiet: bool = False  # no progress bar and no summary
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.min_val_tokens < 2:
+            raise LmlabError(f"--min-val-tokens must be at least 2, got {self.min_val_tokens}")
+        if self.min_frequency < 1:
+            raise LmlabError(f"--min-frequency must be at least 1, got {self.min_frequency}")
+        if self.tokenizer_sample_mb <= 0:
+            raise LmlabError(f"--tokenizer-sample-mb must be positive, got {self.tokenizer_sample_mb}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise LmlabError(
+                f"--encoding {self.encoding!r} is not a known text encoding (try utf-8 or latin-1)"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A byte range of one source file that goes to one split."""
+
+    path: Path
+    start: int
+    end: int
+    split: str  # "train" | "val"
+
+
+@dataclass
+class PreparedDataset:
+    path: Path
+    meta: dict[str, Any]
+
+
+def prepare(config: PrepareConfig | str | None = None, /, **fields: Any) -> PreparedDataset:
+    """Tokenize a corpus into a dataset directory; arguments are those of ``PrepareConfig`` (and of the CLI).
+
+    ``lmlab.prepare("shakespeare", tokenizer="bpe", vocab_size=2048, source_file="input.txt")``
+    """
+    if isinstance(config, str):
+        cfg = PrepareConfig(source=config, **fields)
+    elif config is None:
+        cfg = PrepareConfig(**fields)
+    else:
+        cfg = dataclasses.replace(config, **fields) if fields else config
+    return _run(cfg)
+
+
+def cli(argv: list[str]) -> None:
+    cfg = tyro.cli(PrepareConfig, args=argv, prog="lmlab prepare", description=PrepareConfig.__doc__)
+    prepare(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _run(cfg: PrepareConfig) -> PreparedDataset:
+    t0 = time.perf_counter()
+    name, files = resolve_source(cfg.source, cfg.source_file)
+    for path in files:
+        _check_text_file(path)
+    kind, existing = _tokenizer_choice(cfg.tokenizer)
+    if existing is None:
+        toklib.check_vocab_size(kind, cfg.vocab_size)
+    out = Path(cfg.out) if cfg.out else Path("data") / f"{name}-{kind if existing is None else 'custom'}"
+    if out.exists() and not cfg.overwrite:
+        raise LmlabError(f"output directory {out} exists; pass --overwrite to replace it or choose --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LmlabError(f"cannot create {out.parent}: {e.strerror}") from None
+    segments, unit = plan_split(files, cfg.val_fraction, cfg.seed)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if existing is not None:
+            tok = existing
+        else:
+            tok = _train_tokenizer(kind, segments, cfg)
+        dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+        counts, hashes = _encode_all(tok, segments, tmp, dtype, cfg)
+        total_chars = counts.pop("chars")
+        if total_chars == 0:
+            raise LmlabError(f"the corpus ({cfg.source}) is empty: no non-whitespace text in {len(files)} file(s)")
+        for split in ("val", "train"):
+            if counts[split] < cfg.min_val_tokens:
+                raise LmlabError(
+                    f"corpus too small: the {split} split has {counts[split]} tokens, fewer than one window of "
+                    f"--min-val-tokens {cfg.min_val_tokens}; use a larger corpus"
+                    + (", a larger --val-fraction" if split == "val" else "")
+                    + " or a smaller --min-val-tokens"
+                )
+        tok.save(tmp / "tokenizer.json")
+        meta = _meta(cfg, name, tok, dtype, counts, hashes, files, segments, unit)
+        _write_json(tmp / "meta.json", meta)
+        _fsync_dir_files(tmp)
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not cfg.quiet:
+        elapsed = time.perf_counter() - t0
+        mb = sum(s.end - s.start for s in segments) / 1e6
+        print(
+            f"prepared {out}: {tok.kind} tokenizer, vocab {tok.vocab_size}, {meta['dtype']}; "
+            f"train {counts['train']:,} tokens, val {counts['val']:,} tokens; "
+            f"{mb:.1f} MB of text from {len(files)} file(s) in {elapsed:.1f}s",
+            file=sys.stderr,
+        )
+    return PreparedDataset(out, meta)
+
+
+def _tokenizer_choice(spec: str) -> tuple[str, toklib.Tokenizer | None]:
+    if spec in toklib.KINDS:
+        return spec, None
+    path = Path(spec)
+    if spec.endswith(".json") or path.exists():
+        tok = toklib.load_tokenizer(path)
+        return tok.kind, tok
+    raise LmlabError(
+        f"--tokenizer {spec!r} is neither a kind{did_you_mean(spec, toklib.KINDS)} ({', '.join(toklib.KINDS)}) "
+        "nor an existing tokenizer.json"
+    )
+
+
+def _check_text_file(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError as e:
+        raise LmlabError(f"cannot read {path}: {e.strerror}") from None
+    if b"\x00" in head:
+        raise LmlabError(
+            f"{path} is not a text file (it contains NUL bytes); give text files only, e.g. a glob like 'dir/*.txt'"
+        )
+
+
+def plan_split(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Segment], str]:
+    """Split into train/val on document boundaries when there are enough documents, else on line boundaries.
+
+    With at least 2/val_fraction files, a seeded random choice of whole files is held out. With fewer,
+    the last ``val_fraction`` of each file (cut at a line end) is held out, which for a single file such
+    as tiny Shakespeare is the same held-out tail as nanoGPT's.
+    """
+    sizes = [p.stat().st_size for p in files]
+    if len(files) >= math.ceil(2 / val_fraction):
+        order = list(range(len(files)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, round(len(files) * val_fraction))
+        val = set(order[:n_val])
+        return [Segment(p, 0, s, "val" if i in val else "train") for i, (p, s) in enumerate(zip(files, sizes))], (
+            "document"
+        )
+    segments = []
+    for p, s in zip(files, sizes):
+        cut = _line_cut(p, s, int(s * (1 - val_fraction)))
+        segments += [Segment(p, 0, cut, "train"), Segment(p, cut, s, "val")]
+    return segments, "line"
+
+
+def _line_cut(path: Path, size: int, target: int) -> int:
+    """The byte offset just after the first newline at or after ``target`` (else before it), else a char start."""
+    with open(path, "rb") as f:
+        f.seek(target)
+        ahead = f.read(LINE_SEARCH_BYTES)
+        i = ahead.find(b"\n")
+        if i >= 0:
+            return target + i + 1
+        lo = max(0, target - LINE_SEARCH_BYTES)
+        f.seek(lo)
+        behind = f.read(target - lo)
+        i = behind.rfind(b"\n")
+        if i >= 0:
+            return lo + i + 1
+        # no line end nearby: cut at a character start (skip UTF-8 continuation bytes)
+        while ahead and (ahead[0] & 0xC0) == 0x80 and target < size:
+            ahead, target = ahead[1:], target + 1
+        return target
+
+
+def iter_text(seg: Segment, encoding: str, errors: str, hasher: Any = None) -> Iterator[str]:
+    """Decoded text of a segment, in blocks of about BLOCK_BYTES cut after a newline where there is one."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    with open(seg.path, "rb") as f:
+        f.seek(seg.start)
+        pos, carry = seg.start, b""
+        while pos < seg.end:
+            raw = f.read(min(BLOCK_BYTES, seg.end - pos))
+            if not raw:
+                break
+            if hasher is not None:
+                hasher.update(raw)
+            offset = pos - len(carry)  # file offset of data[0]
+            pos += len(raw)
+            data = carry + raw
+            if pos < seg.end:
+                cut = data.rfind(b"\n") + 1 or len(data)
+                data, carry = data[:cut], data[cut:]
+            else:
+                carry = b""
+            try:
+                text = decoder.decode(data, final=pos >= seg.end)
+            except UnicodeDecodeError as e:
+                raise LmlabError(
+                    f"{seg.path} is not valid {encoding} text (bad byte at offset {offset + e.start}); "
+                    "give the right --encoding (e.g. latin-1) or pass --errors replace"
+                ) from None
+            if text:
+                yield text
+
+
+def _train_tokenizer(kind: str, segments: list[Segment], cfg: PrepareConfig) -> toklib.Tokenizer:
+    if kind == "char":
+        # the char vocabulary comes from all text, validation included, so no character is unknown there
+        texts = (t for s in segments for t in iter_text(s, cfg.encoding, cfg.errors))
+        return toklib.train_char(texts)
+    budget = int(cfg.tokenizer_sample_mb * 1e6)
+
+    def sample() -> Iterator[str]:  # train the tokenizer on the training split only
+        seen = 0
+        for s in segments:
+            if s.split != "train":
+                continue
+            for t in iter_text(s, cfg.encoding, cfg.errors):
+                yield t
+                seen += len(t)
+                if seen >= budget:
+                    return
+
+    train = toklib.train_bpe if kind == "bpe" else toklib.train_word
+    with _progress(cfg.quiet, None, f"train {kind} tokenizer"):
+        return train(sample(), cfg.vocab_size, cfg.min_frequency)
+
+
+class _progress:
+    """A tqdm bar on stderr (bytes read, MB/s, tokens), or nothing when quiet."""
+
+    def __init__(self, quiet: bool, total: int | None, desc: str):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+
+    def __enter__(self) -> _progress:
+        return self
+
+    def update(self, nbytes: int, tokens: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+            self.bar.set_postfix_str(f"{tokens:,} tokens", refresh=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _encode_all(
+    tok: toklib.Tokenizer, segments: list[Segment], tmp: Path, dtype: type, cfg: PrepareConfig
+) -> tuple[dict[str, int], dict[Path, str]]:
+    counts = {"train": 0, "val": 0, "chars": 0}
+    hashers: dict[Path, Any] = {}
+    eos = np.array([tok.eos_id], dtype=dtype)
+    total = sum(s.end - s.start for s in segments)
+    files = {split: open(tmp / f"{split}.bin", "wb") for split in ("train", "val")}  # noqa: SIM115
+    batch: list[tuple[str, str, bool]] = []  # (split, text, last block of its segment)
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes
+        if not batch:
+            return
+        ids = tok.encode_batch([t for _, t, _ in batch])
+        for (split, text, last), seq in zip(batch, ids):
+            arr = np.asarray(seq, dtype=dtype)
+            arr.tofile(files[split])
+            counts[split] += len(arr)
+            if last:
+                eos.tofile(files[split])
+                counts[split] += 1
+            if not counts["chars"] and not text.isspace():
+                counts["chars"] = 1
+        bar.update(batch_bytes, counts["train"] + counts["val"])
+        batch, batch_bytes = [], 0
+
+    try:
+        with _progress(cfg.quiet, total, "encode") as bar:
+            for seg in segments:
+                hasher = hashers.setdefault(seg.path, hashlib.sha256())
+                if seg.start == seg.end:
+                    continue
+                block = None
+                for text in iter_text(seg, cfg.encoding, cfg.errors, hasher):
+                    if block is not None:
+                        batch.append((seg.split, block, False))
+                    block = text
+                    batch_bytes += len(text)
+                    if batch_bytes >= BATCH_BYTES:
+                        flush()
+                if block is not None:
+                    batch.append((seg.split, block, True))
+                # a whitespace-only segment still ends with its separator
+            flush()
+    finally:
+        for f in files.values():
+            f.close()
+    return counts, {p: h.hexdigest() for p, h in hashers.items()}
+
+
+def _meta(cfg, name, tok, dtype, counts, hashes, files, segments, unit) -> dict[str, Any]:
+    splits_of: dict[Path, set[str]] = {}
+    for s in segments:
+        if s.end > s.start:
+            splits_of.setdefault(s.path, set()).add(s.split)
+    tok_info = tok.describe()
+    if tok.kind == "char":
+        tok_info["num_chars"] = len(tok.chars or ())
+    return {
+        "lmlab_version": __version__,
+        "task": "lm",
+        "name": name,
+        "vocab_size": tok.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "eos_id": tok.eos_id,
+        "tokenizer": tok_info,
+        "splits": {"train": {"tokens": counts["train"]}, "val": {"tokens": counts["val"]}},
+        "split": {"unit": unit, "val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        "sources": [
+            {
+                "path": str(p.resolve()),
+                "bytes": p.stat().st_size,
+                "sha256": hashes.get(p, ""),
+                "splits": sorted(splits_of.get(p, ())),
+            }
+            for p in files
+        ],
+        "encoding": cfg.encoding,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for p in d.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished directory into place; an existing one (--overwrite) is swapped out, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

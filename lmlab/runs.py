@@ -1,0 +1,108 @@
+"""Run directories: everything needed to use a trained model, in one self-contained folder.
+
+RUN/config.json      {"model": ModelConfig, "train": ..., "data": ...}
+RUN/tokenizer.json   copied from the dataset
+RUN/metrics.jsonl    one JSON object per logged step
+RUN/checkpoints/     see lmlab.train.checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.config import ModelConfig
+from lmlab.errors import LmlabError
+from lmlab.train import checkpoint as ckpt
+
+
+@dataclass
+class Run:
+    """A loaded run: the model (in eval mode), its tokenizer (None if the run has none) and its config."""
+
+    path: Path
+    model: torch.nn.Module
+    tokenizer: Any
+    config: dict[str, Any]
+    checkpoint: Path
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise LmlabError(f"run directory {run_dir} not found")
+    if not path.is_file():
+        raise LmlabError(f"{run_dir} is not an lmlab run (no config.json)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        cfg["model"]  # noqa: B018 - presence check
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise LmlabError(f"{path} is damaged ({type(e).__name__}); it must hold a 'model' section") from None
+    return cfg
+
+
+def save_run(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Any = None,
+    extra_config: dict[str, Any] | None = None,
+    step: int = 0,
+) -> Path:
+    """Write a run directory holding ``model`` as checkpoint ``step`` (used by import-hf and by tests)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {"model": model.config.to_dict(), **(extra_config or {})})
+    if tokenizer is not None:
+        tokenizer.save(run_dir / "tokenizer.json")
+    root = run_dir / "checkpoints"
+    path = ckpt.write_checkpoint(root, step, model, {"tokens_seen": 0, "metrics": {}})
+    ckpt.point(root, "latest", path)
+    return run_dir
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """(model, tokenizer or None, config) of a run; see ``load``."""
+    run = load(run_dir, checkpoint=checkpoint, device=device)
+    return run.model, run.tokenizer, run.config
+
+
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu") -> Run:
+    """Load a run's model from ``checkpoint`` (best, latest, step-N; default best, else latest)."""
+    from lmlab.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    model_cfg = ModelConfig.from_dict(cfg["model"])
+    path = ckpt.find_checkpoint(run_dir / "checkpoints", checkpoint)
+    model = build_model(model_cfg)
+    ckpt.load_weights(model, path, device)
+    model.to(device).eval()
+    tokenizer = None
+    if (run_dir / "tokenizer.json").is_file():
+        from lmlab.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    return Run(run_dir, model, tokenizer, cfg, path, ckpt.read_state(path))

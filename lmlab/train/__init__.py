@@ -1,0 +1,1 @@
+"""Training: the training loop, optimizers and schedules, checkpoints, experiment tracking."""

@@ -1,0 +1,185 @@
+"""Checkpoints as directories, written atomically and verified by a sha256 manifest.
+
+    checkpoints/step-00000100/
+        model.safetensors   weights only (no pickle); tied weights stored once
+        trainer.pt          optimizer, scheduler, RNG states, data cursor (optional; weights_only=True on load)
+        state.json          step, tokens seen, metrics
+        manifest.json       sha256 of every file above, written last
+    checkpoints/latest -> step-00000100     (symlinks, swapped atomically once a checkpoint is complete)
+    checkpoints/best   -> step-00000080
+
+A checkpoint is built under a temporary name, every file fsynced, then renamed into place, so a
+crash, Ctrl-C or full disk at any moment leaves the previous checkpoints and links untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from lmlab import __version__
+from lmlab.errors import LmlabError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+LINKS = ("latest", "best")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``root/step-N`` atomically and return its path. An existing checkpoint of that step is replaced."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_name(step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"lmlab_version": __version__})
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {"lmlab_version": __version__, "files": {name: _sha256(tmp / name) for name in files}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+        if final.exists():
+            old = root / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def point(root: str | Path, link: str, target: Path | str) -> None:
+    """Make ``root/link`` a symlink to the checkpoint ``target``, replacing any old link atomically."""
+    root = Path(root)
+    tmp = root / f".{link}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path(target).name, tmp)
+    os.replace(tmp, root / link)
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None when every file matches the manifest, else what is wrong (one line)."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        return f"{path.name}: no manifest.json (incomplete checkpoint)"
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{path.name}: manifest.json is damaged"
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{path.name}: {name} is missing"
+        if _sha256(f) != digest:
+            return f"{path.name}: {name} does not match its sha256 (corrupted or truncated)"
+    if "model.safetensors" not in files:
+        return f"{path.name}: no model.safetensors"
+    return None
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint directories under ``root``, oldest step first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(root: str | Path, which: str | None = None) -> Path:
+    """The checkpoint to load: ``which`` (``best``, ``latest``, ``step-N`` or a path), by default best, else
+    latest. A corrupted choice is reported and the newest good checkpoint before it is used instead."""
+    root = Path(root)
+    if which is not None and Path(which).is_dir() and (Path(which) / "manifest.json").exists():
+        wanted: Path | None = Path(which)
+    elif which is not None:
+        if which not in LINKS and not STEP_DIR.match(which):
+            raise LmlabError(f"unknown checkpoint {which!r}: use best, latest, step-N or a checkpoint directory")
+        wanted = root / which
+        if not wanted.exists():
+            have = ", ".join(p.name for p in list_checkpoints(root)[-5:]) or "none"
+            raise LmlabError(f"checkpoint {which} not found in {root} (have: {have})")
+    else:
+        wanted = next((root / link for link in LINKS if (root / link).exists()), None)
+    candidates = list_checkpoints(root)
+    if wanted is None:
+        if not candidates:
+            raise LmlabError(f"no checkpoint in {root}; train the run first (lmlab train ...)")
+        wanted = candidates[-1]
+    wanted = wanted.resolve()
+    problem = verify_checkpoint(wanted)
+    if problem is None:
+        return wanted
+    # fall back to the newest good checkpoint older than the damaged one
+    for older in reversed([c.resolve() for c in candidates]):
+        if older != wanted and older.name < wanted.name and verify_checkpoint(older) is None:
+            warnings.warn(f"{problem}; using {older.name} instead", stacklevel=2)
+            return older
+    raise LmlabError(f"{problem}, and there is no older good checkpoint in {root}")
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
+    """Load ``path/model.safetensors`` into ``model``; shapes must match exactly."""
+    try:
+        load_model(model, str(Path(path) / "model.safetensors"), strict=True, device=str(device))
+    except RuntimeError as e:
+        raise LmlabError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
+    f = Path(path) / "trainer.pt"
+    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+
+def now() -> float:
+    return time.time()
