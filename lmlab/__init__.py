@@ -25,6 +25,9 @@ _EXPORTS = {
     "BatchLoader": "lmlab.data.loader",
     "load_dataset": "lmlab.data.loader",
     "load": "lmlab.runs",
+    "TrainConfig": "lmlab.config",
+    "train": "lmlab.train.trainer",
+    "Trainer": "lmlab.train.trainer",
     "Run": "lmlab.runs",
 }
 

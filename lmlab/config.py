@@ -285,3 +285,94 @@ register_preset(
         },
     )
 )
+
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimizer, schedule, batches, evaluation, checkpoints, tracking."""
+
+    batch_size: int = 12  # sequences per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step (overridden by tokens_per_step)
+    tokens_per_step: int = 0  # target tokens per optimizer step over all processes; 0 = use grad_accum
+    max_steps: int = 2000  # optimizer steps in total
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # final learning rate of the decay
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # shape after warmup
+    warmup_steps: int = 100  # steps of linear warmup from 0 to lr
+    decay_fraction: float = 0.2  # wsd: the final share of steps that decays to min_lr
+    weight_decay: float = 0.1  # decoupled weight decay, on weight matrices only
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 1337  # seeds weights, data order and dropout
+    eval_every: int = 250  # evaluate on the validation split every N steps (and at the end)
+    eval_steps: int = 20  # validation batches per evaluation
+    sample_tokens: int = 200  # tokens of text sampled at each evaluation (0 = none)
+    log_every: int = 10  # write train metrics every N steps
+    save_every: int = 0  # save a checkpoint every N steps; 0 = at each evaluation
+    save_every_minutes: float = 0.0  # also save when this many minutes passed since the last save (0 = off)
+    keep_last: int = 2  # keep the newest N checkpoints
+    keep_best: int = 1  # keep the best N checkpoints by best_metric
+    best_metric: str = "val_loss"  # metric that ranks checkpoints
+    best_mode: Literal["min", "max"] = "min"  # whether lower or higher best_metric is better
+    on_nan: Literal["stop", "skip"] = "stop"  # non-finite loss: stop the run, or skip the step
+    track: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # experiment tracker besides metrics.jsonl
+    wandb_project: str = "lmlab"  # W&B project name
+    progress: bool = True  # show the live progress bar
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_steps", "eval_steps", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise LmlabError(f"--train.{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("tokens_per_step", "warmup_steps", "save_every", "keep_best", "sample_tokens", "eval_every"):
+            if getattr(self, name) < 0:
+                raise LmlabError(f"--train.{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise LmlabError(f"--train.keep-last must be at least 1, got {self.keep_last}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise LmlabError(
+                f"need 0 <= --train.min-lr <= --train.lr and lr > 0, got lr {self.lr}, min_lr {self.min_lr}"
+            )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise LmlabError(f"AdamW betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.save_every_minutes < 0:
+            raise LmlabError("--train.grad-clip, --train.weight-decay and --train.save-every-minutes must be >= 0")
+        if not 0 < self.decay_fraction <= 1:
+            raise LmlabError(f"--train.decay-fraction must be in (0, 1], got {self.decay_fraction}")
+        for name, allowed in (
+            ("schedule", SCHEDULES),
+            ("precision", ("auto", "fp32", "bf16", "fp16")),
+            ("on_nan", ("stop", "skip")),
+            ("track", ("tensorboard", "wandb", "none")),
+            ("best_mode", ("min", "max")),
+        ):
+            if getattr(self, name) not in allowed:
+                value = getattr(self, name)
+                raise LmlabError(
+                    f"--train.{name.replace('_', '-')}: unknown value {value!r}{did_you_mean(str(value), allowed)}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def preset_train_config(preset: Preset, **overrides: Any) -> TrainConfig:
+    """The training config a preset starts from, with ``overrides`` applied."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise LmlabError(f"unknown training option {unknown[0]!r}{did_you_mean(unknown[0], known)}")
+    return TrainConfig(**{**preset.train, **overrides})

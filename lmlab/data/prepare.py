@@ -321,7 +321,7 @@ class _progress:
 def _encode_all(
     tok: toklib.Tokenizer, segments: list[Segment], tmp: Path, dtype: type, cfg: PrepareConfig
 ) -> tuple[dict[str, int], dict[Path, str]]:
-    counts = {"train": 0, "val": 0, "chars": 0}
+    counts = {"train": 0, "val": 0, "chars": 0, "train_bytes": 0, "val_bytes": 0}
     hashers: dict[Path, Any] = {}
     eos = np.array([tok.eos_id], dtype=dtype)
     total = sum(s.end - s.start for s in segments)
@@ -338,6 +338,7 @@ def _encode_all(
             arr = np.asarray(seq, dtype=dtype)
             arr.tofile(files[split])
             counts[split] += len(arr)
+            counts[f"{split}_bytes"] += len(text.encode("utf-8"))
             if last:
                 eos.tofile(files[split])
                 counts[split] += 1
@@ -386,7 +387,7 @@ def _meta(cfg, name, tok, dtype, counts, hashes, files, segments, unit) -> dict[
         "dtype": np.dtype(dtype).name,
         "eos_id": tok.eos_id,
         "tokenizer": tok_info,
-        "splits": {"train": {"tokens": counts["train"]}, "val": {"tokens": counts["val"]}},
+        "splits": {split: {"tokens": counts[split], "bytes": counts[f"{split}_bytes"]} for split in ("train", "val")},
         "split": {"unit": unit, "val_fraction": cfg.val_fraction, "seed": cfg.seed},
         "sources": [
             {

@@ -183,3 +183,101 @@ def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
 
 def now() -> float:
     return time.time()
+
+
+class CheckpointManager:
+    """When to save, which checkpoints to keep, and the ``latest`` / ``best`` links.
+
+    Saves every ``every_steps`` steps and whenever ``every_minutes`` of wall time passed since the last
+    save (``clock`` is injectable so tests need no sleeping). Keeps the newest ``keep_last`` and the best
+    ``keep_best`` by ``metric`` (never deleting a best one); ``index.json`` holds each checkpoint's metrics.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        keep_last: int = 2,
+        keep_best: int = 1,
+        metric: str = "val_loss",
+        mode: str = "min",
+        every_steps: int = 0,
+        every_minutes: float = 0.0,
+        clock=time.monotonic,
+    ):
+        self.root = Path(root)
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.metric, self.mode = metric, mode
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.clock = clock
+        self.last_save_time = clock()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".step-*"):  # half-written checkpoints of a killed process
+            shutil.rmtree(stale, ignore_errors=True)
+        self.index: dict[str, dict[str, Any]] = self._read_index()
+
+    def _read_index(self) -> dict[str, dict[str, Any]]:
+        path = self.root / "index.json"
+        try:
+            index = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except json.JSONDecodeError:
+            index = {}
+        present = {p.name for p in list_checkpoints(self.root)}
+        return {k: v for k, v in index.items() if k in present}
+
+    def _write_index(self) -> None:
+        from lmlab.runs import write_json
+
+        write_json(self.root / "index.json", self.index)
+
+    def due(self, step: int) -> bool:
+        """Whether a save is due at ``step`` by the step or the wall-clock rule."""
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_minutes) and (self.clock() - self.last_save_time) >= 60 * self.every_minutes
+
+    def save(self, step: int, model: torch.nn.Module, state: dict[str, Any], trainer_state: dict | None) -> Path:
+        path = write_checkpoint(self.root, step, model, state, trainer_state)
+        point(self.root, "latest", path)
+        self.last_save_time = self.clock()
+        self.index[path.name] = {"step": step, "metrics": dict(state.get("metrics", {}))}
+        self._write_index()
+        self.prune()
+        return path
+
+    def record(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Attach evaluation metrics to the checkpoint of ``step``; returns True when it became the best."""
+        name = step_name(step)
+        if name not in self.index:
+            return False
+        self.index[name]["metrics"].update(metrics)
+        self._write_index()
+        ranked = self.ranked()
+        is_best = bool(ranked) and ranked[0] == name
+        if is_best:
+            point(self.root, "best", self.root / name)
+        self.prune()
+        return is_best
+
+    def ranked(self) -> list[str]:
+        """Checkpoint names that have the metric, best first (ties: the later step first)."""
+        scored = [
+            (v["metrics"][self.metric], v["step"], k)
+            for k, v in self.index.items()
+            if isinstance(v["metrics"].get(self.metric), (int, float))
+        ]
+        sign = 1 if self.mode == "min" else -1
+        return [k for _, _, k in sorted(scored, key=lambda t: (sign * t[0], -t[1]))]
+
+    def prune(self) -> None:
+        names = [p.name for p in list_checkpoints(self.root)]
+        keep = set(names[-self.keep_last :]) | set(self.ranked()[: self.keep_best])
+        for link in LINKS:  # never delete what a link points to
+            target = self.root / link
+            if target.is_symlink():
+                keep.add(os.readlink(target))
+        for name in names:
+            if name not in keep:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                self.index.pop(name, None)
+        self._write_index()
