@@ -529,7 +529,7 @@ def _fit(ds, model_cfg, train_cfg, run_dir, rt, resume_from) -> TrainResult:
     task = LMTask(ds, model_cfg.block_size)
     try:
         trainer = Trainer(model, task, train_cfg, run_dir, rt, tokenizer=ds.tokenizer, resume_from=resume_from)
-        if rt.is_main and train_cfg.progress:
+        if rt.is_main:
             n = model.num_params()
             print(
                 f"training {model_cfg.arch} ({n / 1e6:.2f}M parameters) on {ds.path} -> {run_dir}\n"
@@ -540,7 +540,7 @@ def _fit(ds, model_cfg, train_cfg, run_dir, rt, resume_from) -> TrainResult:
             )
         t0 = time.perf_counter()
         result = trainer.fit()
-        if rt.is_main and train_cfg.progress:
+        if rt.is_main:
             took = time.perf_counter() - t0
             best = (
                 f"; best {train_cfg.best_metric} {list(result.best.values())[1]:.4f} ({result.best['checkpoint']})"

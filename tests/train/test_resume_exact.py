@@ -113,3 +113,43 @@ def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
     ws = load_file(str(single / "checkpoints" / "step-00000008" / "model.safetensors"))
     wd = load_file(str(ddp / "checkpoints" / "step-00000008" / "model.safetensors"))
     assert all(torch.allclose(ws[k], wd[k], atol=1e-5) for k in ws)
+
+
+def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(data, tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(data),
+        "tiny",
+        "--out",
+        str(run),
+        "--train.max-steps",
+        "100000",
+        "--train.save-every",
+        "100000",
+        "--train.eval-every",
+        "0",
+        "--train.log-every",
+        "1",
+        "--train.no-progress",
+        "--train.track",
+        "none",
+    ]
+    p = lmlab_subprocess(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(read_rows(run)) >= 20):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "interrupted: step" in err
+    from lmlab.train.checkpoint import find_checkpoint, read_state
+
+    last = find_checkpoint(run / "checkpoints", "latest")
+    step = read_state(last)["step"]
+    assert step == read_rows(run)[-1]["step"] >= 20
+    r = lmlab_subprocess(["train", "--resume", str(run), "--train.max-steps", str(step + 5), "--train.no-progress"])
+    assert r.wait(timeout=120) == 0
+    assert [row["step"] for row in read_rows(run)] == list(range(1, step + 6))

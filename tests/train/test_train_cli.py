@@ -181,3 +181,63 @@ def test_error_existing_run_and_resume_mismatches(data, tmp_path, capsys, shakes
     assert_one_line_error(code, err, "is not the dataset this run was trained on")
     code, err = run_cli(["train", "--resume", str(tmp_path / "missing"), *FAST], capsys)
     assert_one_line_error(code, err, "run directory")
+
+
+def test_cpu_bf16_is_an_opt_in_that_trains(data, tmp_path, capsys):
+    run = tmp_path / "bf16"
+    code, err = run_cli(
+        [
+            "train",
+            str(data),
+            "tiny",
+            "--out",
+            str(run),
+            "--train.max-steps",
+            "20",
+            "--train.precision",
+            "bf16",
+            "--train.log-every",
+            "1",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    rows = read_rows(run)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_fp16_on_cpu_is_refused(data, tmp_path, capsys):
+    code, err = run_cli(
+        ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.precision", "fp16", *FAST], capsys
+    )
+    assert_one_line_error(code, err, "--train.precision fp16 needs a GPU")
+
+
+def test_wandb_without_the_package_says_how_to_install(data, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    code, err = run_cli(
+        [
+            "train",
+            str(data),
+            "tiny",
+            "--out",
+            str(tmp_path / "r"),
+            "--train.max-steps",
+            "2",
+            "--train.no-progress",
+            "--train.track",
+            "wandb",
+        ],
+        capsys,
+    )
+    assert_one_line_error(code, err, "pip install 'lmlab[wandb]'")

@@ -1,0 +1,84 @@
+"""`lmlab plot RUN [RUN ...]`: training and validation curves of several runs in one PNG."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from lmlab.errors import LmlabError
+from lmlab.train.tracking import read_metrics
+
+
+@dataclass
+class PlotConfig:
+    """Compare the loss curves of runs in one PNG (one panel per metric)."""
+
+    runs: tyro.conf.Positional[list[str]]  # run directories (each with a metrics.jsonl)
+    out: str = "runs/compare.png"  # the PNG to write
+    x: Literal["step", "tokens"] = "step"  # horizontal axis: optimizer steps or tokens seen
+    metrics: list[str] = field(default_factory=lambda: ["train_loss", "val_loss"])  # one panel each
+    log_y: bool = False  # logarithmic vertical axis
+
+
+def plot(
+    runs: list[str | Path],
+    out: str | Path = "runs/compare.png",
+    *,
+    x: str = "step",
+    metrics: list[str] | None = None,
+    log_y: bool = False,
+) -> Path:
+    """Draw ``metrics`` of each run against steps or tokens; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metrics or ["train_loss", "val_loss"]
+    if x not in ("step", "tokens"):
+        raise LmlabError(f"--x must be step or tokens, got {x!r}")
+    if not runs:
+        raise LmlabError("give at least one run directory to plot")
+    series: dict[str, list[dict]] = {}
+    for run in map(Path, runs):
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            raise LmlabError(f"{run} has no metrics.jsonl; is it a run directory written by lmlab train?")
+        series[str(run)] = read_metrics(path)
+    found = [m for m in metrics if any(m in row for rows in series.values() for row in rows)]
+    if not found:
+        raise LmlabError(f"none of the runs logged {', '.join(metrics)}; metrics are e.g. train_loss, val_loss, lr")
+    fig, axes = plt.subplots(1, len(found), figsize=(6 * len(found), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], found):
+        for name, rows in series.items():
+            pts = [(r.get(x, r["step"]), r[metric]) for r in rows if isinstance(r.get(metric), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=Path(name).name, marker="o" if len(pts) < 30 else None, markersize=3)
+        ax.set_title(metric)
+        ax.set_xlabel("tokens seen" if x == "tokens" else "step")
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    return out
+
+
+def cli(argv: list[str]) -> None:
+    cfg = tyro.cli(PlotConfig, args=argv, prog="lmlab plot", description=PlotConfig.__doc__)
+    path = plot(cfg.runs, cfg.out, x=cfg.x, metrics=cfg.metrics, log_y=cfg.log_y)
+    print(f"wrote {path}")
