@@ -21,7 +21,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/lmlab prepare shakespeare --tokenizer char --out data/shakespeare-char --overwrite
 	$(BIN)/lmlab prepare shakespeare --tokenizer bpe --vocab-size 2048 --out data/shakespeare-bpe --overwrite
-	@$(BIN)/python -c "import json; [print(d, json.load(open(f'data/{d}/meta.json'))['splits']) for d in ('shakespeare-char', 'shakespeare-bpe')]"
+	rm -rf runs/demo-baby
+	$(BIN)/lmlab train data/shakespeare-char baby --out runs/demo-baby
+	$(BIN)/lmlab sample runs/demo-baby --prompt "ROMEO:" --max-new-tokens 400 --seed 1337
 
 test: setup lint
 	$(BIN)/python -m pytest -q -n 2
@@ -36,6 +38,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.prepare
+	$(BIN)/python -m benchmarks.train
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache

@@ -619,7 +619,13 @@ def cli(argv: list[str]) -> None:
     else:
         p = get_preset(preset_name or "baby")
         default = TrainArgs(p.model, preset_train_config(p))
-    args = tyro.cli(TrainArgs, default=default, args=argv, prog="lmlab train", description=TrainArgs.__doc__)
+    from lmlab.config import preset_names
+
+    description = (
+        f"{TrainArgs.__doc__}\n\nPRESET is one of {', '.join(preset_names())} (default baby); its values are the "
+        "defaults shown below. Resume: lmlab train --resume RUN [--train.max-steps N ...]"
+    )
+    args = tyro.cli(TrainArgs, default=default, args=argv, prog="lmlab train DATA_DIR PRESET", description=description)
     if args.resume is not None:
         model_over = {
             f.name: getattr(args.model, f.name)
