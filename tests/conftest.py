@@ -6,6 +6,11 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread per test process: pytest-xdist already runs one process per core, and tiny models gain
+# nothing from intra-op threads (on a busy 2-core machine two threads made some tests ~100x slower).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
