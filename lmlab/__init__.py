@@ -28,7 +28,13 @@ _EXPORTS = {
     "TrainConfig": "lmlab.config",
     "train": "lmlab.train.trainer",
     "Trainer": "lmlab.train.trainer",
+    "plot": "lmlab.train.plot",
     "Run": "lmlab.runs",
+    "generate": "lmlab.generate.engine",
+    "stream": "lmlab.generate.engine",
+    "SamplingParams": "lmlab.generate.sampling",
+    "translate": "lmlab.translation",
+    "evaluate": "lmlab.evaluation",
 }
 
 

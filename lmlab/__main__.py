@@ -19,7 +19,16 @@ class Verb:
 
 VERBS: dict[str, Verb] = {
     "prepare": Verb("lmlab.data.prepare", "tokenize a corpus (char | bpe | word) into train/val token shards"),
+    "train": Verb("lmlab.train.trainer", "train a model (gpt | rnn | lstm) on a prepared dataset, or resume a run"),
+    "plot": Verb("lmlab.train.plot", "draw the train/val curves of several runs in one PNG"),
+    "sample": Verb("lmlab.generate.cli_sample", "sample text from a trained run, streaming it to the terminal"),
+    "chat": Verb("lmlab.generate.cli_chat", "talk to a trained run in the terminal (a base model continues your text)"),
     "presets": Verb("lmlab.cli_presets", "list the named presets and their shapes"),
+    "import-hf": Verb("lmlab.models.hf_import", "read a Hugging Face GPT-2 checkpoint directory into a run"),
+    "export-hf": Verb("lmlab.models.hf_export", "write a GPT-2-shaped run as a Hugging Face checkpoint"),
+    "attention": Verb("lmlab.models.attention_map", "draw every head's attention weights on a text as a PNG"),
+    "translate": Verb("lmlab.translation", "translate sentences or a file with a seq2seq run (greedy or beam search)"),
+    "eval": Verb("lmlab.evaluation", "score a run on a split: BLEU, chrF and loss (translation) or loss (LM)"),
 }
 
 

@@ -61,6 +61,11 @@ class PrepareConfig:
     tokenizer_sample_mb: float = 512.0  # bpe / word: train the tokenizer on at most this many MB of text
     overwrite: bool = False  # replace an existing output directory
     quiet: bool = False  # no progress bar and no summary
+    task: Literal["lm", "translation"] = "lm"  # lm: a text corpus; translation: tab-separated sentence pairs
+    columns: tuple[int, int] = (0, 1)  # translation: 0-based columns of the source and the target (1 0 = reverse)
+    separate_tokenizers: bool = False  # translation: one tokenizer per language instead of one joint tokenizer
+    test_fraction: float = 0.05  # translation: share of source sentences held out for the test split
+    strict: bool = False  # translation: refuse malformed pair lines instead of skipping them with a warning
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -118,6 +123,12 @@ def cli(argv: list[str]) -> None:
 
 
 def _run(cfg: PrepareConfig) -> PreparedDataset:
+    if cfg.task == "translation":
+        from lmlab.data.translation import prepare_translation
+
+        return prepare_translation(cfg)
+    if cfg.task != "lm":
+        raise LmlabError(f"--task: unknown value {cfg.task!r}; choose lm or translation")
     t0 = time.perf_counter()
     name, files = resolve_source(cfg.source, cfg.source_file)
     for path in files:

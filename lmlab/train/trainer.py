@@ -137,7 +137,8 @@ class Trainer:
         self.model = model.to(rt.device)
         self.raw_model = self.model
         self.block_size = model.config.block_size
-        tokens_per_micro = cfg.batch_size * self.block_size * rt.world_size
+        # a task whose sequences are shorter than block_size (translation pairs) says how long they are
+        tokens_per_micro = cfg.batch_size * getattr(task, "tokens_per_sequence", self.block_size) * rt.world_size
         self.accum = max(1, round(cfg.tokens_per_step / tokens_per_micro)) if cfg.tokens_per_step else cfg.grad_accum
         self.tokens_per_step = tokens_per_micro * self.accum
         self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device)
@@ -156,6 +157,8 @@ class Trainer:
             clock=clock,
         )
         self.step, self.tokens_seen = 0, 0
+        self.elapsed_before = 0.0  # wall time of the run before this process (resume)
+        self.fit_start = clock()
         self.last_eval: dict[str, Any] = {}
         self.skipped_steps = 0
         if resume_from is not None:
@@ -169,6 +172,7 @@ class Trainer:
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.stop = _StopRequested()
+        self.tracker = self._tracker() if rt.is_main else None  # fail before training when a tracker is missing
 
     # -- pieces ----------------------------------------------------------------------------
     def _val_loader(self) -> BatchLoader:
@@ -185,6 +189,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
+            "elapsed_s": self.elapsed(),
         }
 
     def _restore(self, path: Path) -> None:
@@ -201,7 +206,12 @@ class Trainer:
         self.train_loader.load_state_dict(loader_state)
         runtime.set_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of training so far, across resumes."""
+        return self.elapsed_before + self.clock() - self.fit_start
 
     def _schedule(self) -> dict[str, Any]:
         c = self.cfg
@@ -250,25 +260,28 @@ class Trainer:
 
     @torch.no_grad()
     def sample_text(self, n_tokens: int) -> str:
-        """A short sample from the start of a document, with its own seeded generator (global RNG untouched)."""
-        tok = self.tokenizer
-        if tok is None or n_tokens <= 0 or tok.eos_id is None:
+        """A short sample from the start of a document, seeded per step (the global RNG is untouched)."""
+        from lmlab.generate.engine import generate
+
+        if hasattr(self.task, "sample_text"):  # e.g. translation: translate a few validation sources
+            return self.task.sample_text(self.raw_model, n_tokens, self.rt)
+        if self.tokenizer is None or n_tokens <= 0:
             return ""
-        gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed + self.step)
-        model = self.raw_model
-        model.eval()
-        ids = torch.tensor([[tok.eos_id]], device=self.rt.device)
-        banned = [i for t, i in tok.special_tokens.items() if i != tok.eos_id]  # a base model writes no chat markers
-        for _ in range(n_tokens):
-            with self.rt.autocast():
-                logits = model(ids[:, -self.block_size :]).logits[:, -1, :].float()
-            logits[:, banned] = -math.inf
-            top = torch.topk(logits, min(50, logits.size(-1)))
-            probs = torch.softmax(top.values, dim=-1).cpu()
-            nxt = top.indices[0, torch.multinomial(probs, 1, generator=gen)[0]].view(1, 1)
-            ids = torch.cat([ids, nxt.to(ids.device)], dim=1)
-        model.train()
-        return tok.decode(ids[0, 1:].tolist(), skip_special_tokens=True)
+        self.raw_model.eval()
+        try:
+            return generate(
+                self.raw_model,
+                self.tokenizer,
+                "",
+                max_new_tokens=n_tokens,
+                top_k=50,
+                seed=self.cfg.seed + self.step,
+                on_notice=lambda message: None,
+            )
+        except LmlabError:
+            return ""  # e.g. a tokenizer with no start token: the sample is a courtesy, not a reason to stop
+        finally:
+            self.raw_model.train()
 
     def _save(self, metrics: dict[str, Any]) -> Path | None:
         if not self.rt.is_main:
@@ -285,14 +298,15 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
-        tracker = self._tracker() if rt.is_main else None
+        tracker = self.tracker
         flops_per_token = self.raw_model.flops_per_token()
         peak = runtime.peak_flops(rt.device.type, "fp32" if rt.precision == "fp32" else rt.precision)
         bar = self._progress_bar()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.stop.install()
         status = "finished"
-        window_start, window_steps = self.clock(), 0
+        self.fit_start = self.clock()
+        window_start, window_steps = self.fit_start, 0
         loss_sum = torch.zeros((), device=rt.device)
         self.model.train()
         try:
@@ -372,7 +386,7 @@ class Trainer:
                     row.update(self._evaluate_and_report(bar))
                 window_start += self.clock() - paused
                 if row and tracker is not None:
-                    tracker.log(self.step, {"tokens": self.tokens_seen, **row})
+                    tracker.log(self.step, {"tokens": self.tokens_seen, "elapsed_s": self.elapsed(), **row})
                 if bar is not None:
                     bar.update(1)
             if status == "interrupted" or self.step < cfg.max_steps:
@@ -478,7 +492,11 @@ def train(
 
 def _start(data: Path, p: Preset, model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path | None) -> TrainResult:
     ds = load_dataset(data)
-    if ds.task != "lm":
+    if ds.task == "translation" or model_cfg.arch == "seq2seq":
+        from lmlab.data.translation import fit_model_config
+
+        model_cfg = fit_model_config(ds, model_cfg)
+    elif ds.task != "lm":
         raise LmlabError(f"{data} is a {ds.task} dataset; lmlab train trains language models on lm datasets")
     if model_cfg.vocab_size and model_cfg.vocab_size != ds.vocab_size:
         raise LmlabError(
@@ -516,6 +534,8 @@ def _start(data: Path, p: Preset, model_cfg: ModelConfig, train_cfg: TrainConfig
             },
         )
         shutil.copyfile(ds.path / "tokenizer.json", run_dir / "tokenizer.json")
+        if (ds.path / "tokenizer.src.json").is_file():  # translation with a separate source tokenizer
+            shutil.copyfile(ds.path / "tokenizer.src.json", run_dir / "tokenizer.src.json")
     if rt.distributed:
         torch.distributed.barrier()
     return _fit(ds, model_cfg, train_cfg, run_dir, rt, None)
@@ -526,7 +546,12 @@ def _fit(ds, model_cfg, train_cfg, run_dir, rt, resume_from) -> TrainResult:
 
     runtime.seed_everything(train_cfg.seed)
     model = build_model(model_cfg)
-    task = LMTask(ds, model_cfg.block_size)
+    if ds.task == "translation":
+        from lmlab.data.translation import TranslationTask
+
+        task = TranslationTask(ds, model_cfg)
+    else:
+        task = LMTask(ds, model_cfg.block_size)
     try:
         trainer = Trainer(model, task, train_cfg, run_dir, rt, tokenizer=ds.tokenizer, resume_from=resume_from)
         if rt.is_main:
