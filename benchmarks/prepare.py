@@ -5,6 +5,8 @@
 Cases, each in a fresh process so its peak RSS is its own:
   hf-encode_batch     one process reads the Gutenberg folder and calls Tokenizer.encode_batch on the
                       file texts with the same tokenizer (the library's own rate; no writing)
+  hf pieces           the same, on the text cut into the 16 KiB line-aligned pieces lmlab uses
+                      (the library's best case: its rate with lmlab's batching and no I/O)
   lmlab (tokenizer)   `lmlab prepare` with that tokenizer.json: read, split, encode, write shards
   lmlab (train bpe)   `lmlab prepare --tokenizer bpe --vocab-size 8192`: BPE training included
   lmlab 200 MB        the tokenizer.json case on a generated corpus 20x larger, to show memory stays flat
@@ -42,6 +44,26 @@ from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
 texts = [p.read_text(encoding="utf-8") for p in sorted(Path(sys.argv[2]).iterdir()) if p.is_file()]
 ids = tok.encode_batch(texts, add_special_tokens=False)
+"""
+
+# the library's best case: the same text cut into the ~16 KiB line-aligned pieces lmlab feeds it
+HF_PIECES_BODY = """
+from pathlib import Path
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+pieces = []
+for p in sorted(Path(sys.argv[2]).iterdir()):
+    if p.is_file():
+        text, piece = p.read_text(encoding="utf-8"), []
+        size = 0
+        for line in text.splitlines(True):
+            piece.append(line)
+            size += len(line)
+            if size >= 16384:
+                pieces.append("".join(piece))
+                piece, size = [], 0
+        pieces.append("".join(piece))
+ids = tok.encode_batch_fast(pieces, add_special_tokens=False)
 """
 
 LMLAB_BODY = """
@@ -107,6 +129,7 @@ def main() -> None:
         mb = corpus_mb(GUTENBERG)
         cases = {
             "hf encode_batch (1 process, in memory)": (HF_BODY, [tok, str(GUTENBERG)], mb),
+            "hf encode_batch_fast on 16 KiB pieces (in memory)": (HF_PIECES_BODY, [tok, str(GUTENBERG)], mb),
             "lmlab prepare, given tokenizer.json": (LMLAB_BODY, [tok, str(GUTENBERG), str(tmp / "a"), "0"], mb),
             "lmlab prepare, training BPE 8192": (
                 LMLAB_BODY,

@@ -186,6 +186,7 @@ register_preset(
             "lr": 1e-3,
             "min_lr": 1e-4,
             "warmup_steps": 100,
+            "beta2": 0.99,  # nanoGPT's shakespeare_char value: each step sees few tokens
             "eval_every": 250,
             "eval_steps": 20,
         },

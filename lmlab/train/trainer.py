@@ -559,7 +559,7 @@ def _fit(ds, model_cfg, train_cfg, run_dir, rt, resume_from) -> TrainResult:
             print(
                 f"training {model_cfg.arch} ({n / 1e6:.2f}M parameters) on {ds.path} -> {run_dir}\n"
                 f"  {rt.describe()}; {trainer.tokens_per_step:,} tokens per step "
-                f"({train_cfg.batch_size} x {model_cfg.block_size} x {trainer.accum} accum x {rt.world_size}); "
+                f"({train_cfg.batch_size} sequences x {trainer.accum} accum x {rt.world_size} processes); "
                 f"steps {trainer.step} -> {train_cfg.max_steps}",
                 file=sys.stderr,
             )

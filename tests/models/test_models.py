@@ -234,7 +234,7 @@ def test_gpt2_initialization_scales_residual_projections():
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_builds(name):
     cfg = dataclasses.replace(get_preset(name).model, vocab_size=65)
-    if cfg.arch == "seq2seq":  # a different forward (source and target); tests/models/test_seq2seq.py runs it
+    if cfg.arch == "seq2seq":  # a different forward (source and target); tests/translation/test_model.py runs it
         assert build_model(cfg).num_params() > 0
         return
     torch.manual_seed(0)
