@@ -105,7 +105,8 @@ def sample(cfg: SampleConfig, out: TextIO | None = None) -> list[str]:
     shared = dict(max_new_tokens=cfg.max_new_tokens, stop=[unescape(s) for s in cfg.stop], on_notice=_note, **options)
     head = prompt if cfg.echo else ""
     if cfg.num_samples == 1:
-        pieces = stream(model, tok, prompt, **shared)  # arguments are checked here, before anything is printed
+        notes: list[str] = []  # said after the streamed text, so they do not land in the middle of it
+        pieces = stream(model, tok, prompt, **{**shared, "on_notice": notes.append})  # checks arguments first
         out.write(head)
         out.flush()
         texts = []
@@ -114,6 +115,9 @@ def sample(cfg: SampleConfig, out: TextIO | None = None) -> list[str]:
             out.write(piece)
             out.flush()
         out.write("\n")
+        out.flush()
+        for note in notes:
+            _note(note)
         return ["".join(texts)]
     texts = generate(model, tok, [prompt] * cfg.num_samples, **shared)
     for i, text in enumerate(texts):
