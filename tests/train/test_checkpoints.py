@@ -236,3 +236,25 @@ def test_weight_decay_on_matrices_only():
     assert all(p.dim() < 2 or id(p) in embeddings for p in no_decay["params"])
     n_unique = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # the tied weight counted once
+
+
+def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):
+    # batch 4 x 2 micro-steps reads the same 8 windows per step as batch 8 x 1, so the updates agree
+    big = make_trainer(data, tmp_path / "big", tiny_cfg(max_steps=3, batch_size=8, eval_every=0, warmup_steps=1))
+    accum_cfg = tiny_cfg(max_steps=3, batch_size=4, tokens_per_step=8 * 32, eval_every=0, warmup_steps=1)
+    small = make_trainer(data, tmp_path / "accum", accum_cfg)
+    assert small.accum == 2 and small.tokens_per_step == big.tokens_per_step
+    big.fit()
+    small.fit()
+    for (name, a), (_, b) in zip(big.raw_model.state_dict().items(), small.raw_model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    rows_big, rows_small = read_rows(tmp_path / "big"), read_rows(tmp_path / "accum")
+    assert [r["train_loss"] for r in rows_big] == pytest.approx([r["train_loss"] for r in rows_small], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, tiny_cfg(max_steps=10, eval_every=0, compile=True))
+    result = trainer.fit()
+    rows = read_rows(tmp_path)
+    assert result.step == 10 and rows[-1]["train_loss"] < rows[0]["train_loss"]
