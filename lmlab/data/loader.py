@@ -182,16 +182,18 @@ class BatchLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "shuffle", "rank", "world_size", "batch_size", "block_size", "num_tokens"):
-            if state.get(key) != getattr(self, key if key != "num_tokens" else "_num_tokens"):
-                raise LmlabError(
-                    f"cannot restore the {self.name} data cursor: {key} was {state.get(key)} and is now "
-                    f"{getattr(self, key if key != 'num_tokens' else '_num_tokens')}; resume with the same "
-                    "dataset, batch size, block size, seed and number of processes"
-                )
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        restore_cursor(self, state)
 
-    @property
-    def _num_tokens(self) -> int:
-        return len(self.tokens)
+
+def restore_cursor(loader: Any, state: dict[str, Any]) -> None:
+    """Move ``loader`` to the saved (epoch, batch) after checking that everything else its
+    ``state_dict()`` records (seed, order, rank, sizes, data length) is unchanged."""
+    mine = loader.state_dict()
+    for key, value in mine.items():
+        if key not in ("epoch", "batch_in_epoch") and state.get(key) != value:
+            raise LmlabError(
+                f"cannot restore the {loader.name} data cursor: {key} was {state.get(key)} and is now {value}; "
+                "resume with the same dataset, batch size, block size, seed and number of processes"
+            )
+    loader.epoch = int(state["epoch"])
+    loader.batch_in_epoch = int(state["batch_in_epoch"])

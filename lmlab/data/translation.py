@@ -35,6 +35,7 @@ import torch
 
 from lmlab import __version__
 from lmlab.data import tokenizer as toklib
+from lmlab.data.loader import restore_cursor
 from lmlab.errors import LmlabError
 
 SPLITS = ("train", "val", "test")
@@ -483,15 +484,7 @@ class PairLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = self.state_dict()
-        for key in ("seed", "shuffle", "rank", "world_size", "batch_size", "block_size", "num_pairs"):
-            if state.get(key) != mine[key]:
-                raise LmlabError(
-                    f"cannot restore the {self.name} data cursor: {key} was {state.get(key)} and is now {mine[key]}; "
-                    "resume with the same dataset, batch size, block size, seed and number of processes"
-                )
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        restore_cursor(self, state)
 
 
 # ---------------------------------------------------------------------------------------------
