@@ -163,9 +163,6 @@ class BatchLoader:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
-    def epoch_batches(self) -> int:
-        return self.batches_per_epoch
-
     # -- the cursor --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int | bool]:
         """Where the stream is, plus what it depends on (checked on restore)."""

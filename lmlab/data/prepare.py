@@ -154,8 +154,7 @@ def _run(cfg: PrepareConfig) -> PreparedDataset:
             tok = _train_tokenizer(kind, segments, cfg)
         dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
         counts, hashes = _encode_all(tok, segments, tmp, dtype, cfg)
-        total_chars = counts.pop("chars")
-        if total_chars == 0:
+        if not counts.pop("nonblank"):
             raise LmlabError(f"the corpus ({cfg.source}) is empty: no non-whitespace text in {len(files)} file(s)")
         for split in ("val", "train"):
             if counts[split] < cfg.min_val_tokens:
@@ -332,7 +331,7 @@ class _progress:
 def _encode_all(
     tok: toklib.Tokenizer, segments: list[Segment], tmp: Path, dtype: type, cfg: PrepareConfig
 ) -> tuple[dict[str, int], dict[Path, str]]:
-    counts = {"train": 0, "val": 0, "chars": 0, "train_bytes": 0, "val_bytes": 0}
+    counts = {"train": 0, "val": 0, "nonblank": 0, "train_bytes": 0, "val_bytes": 0}
     hashers: dict[Path, Any] = {}
     eos = np.array([tok.eos_id], dtype=dtype)
     total = sum(s.end - s.start for s in segments)
@@ -353,8 +352,8 @@ def _encode_all(
             if last:
                 eos.tofile(files[split])
                 counts[split] += 1
-            if not counts["chars"] and not text.isspace():
-                counts["chars"] = 1
+            if not counts["nonblank"] and not text.isspace():
+                counts["nonblank"] = 1  # the corpus has some text that is not whitespace
         bar.update(batch_bytes, counts["train"] + counts["val"])
         batch, batch_bytes = [], 0
 
@@ -374,7 +373,6 @@ def _encode_all(
                         flush()
                 if block is not None:
                     batch.append((seg.split, block, True))
-                # a whitespace-only segment still ends with its separator
             flush()
     finally:
         for f in files.values():

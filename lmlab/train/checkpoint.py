@@ -14,7 +14,6 @@ crash, Ctrl-C or full disk at any moment leaves the previous checkpoints and lin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from lmlab import __version__
+from lmlab.data.sources import sha256_file
 from lmlab.errors import LmlabError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -36,14 +36,6 @@ LINKS = ("latest", "best")
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -74,7 +66,7 @@ def write_checkpoint(
             torch.save(trainer_state, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
-        manifest = {"lmlab_version": __version__, "files": {name: _sha256(tmp / name) for name in files}}
+        manifest = {"lmlab_version": __version__, "files": {name: sha256_file(tmp / name) for name in files}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for p in tmp.iterdir():
             _fsync(p)
@@ -116,7 +108,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{path.name}: {name} is missing"
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             return f"{path.name}: {name} does not match its sha256 (corrupted or truncated)"
     if "model.safetensors" not in files:
         return f"{path.name}: no model.safetensors"
@@ -179,10 +171,6 @@ def load_weights(model: torch.nn.Module, path: str | Path, device: str | torch.d
 def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
     f = Path(path) / "trainer.pt"
     return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
-
-
-def now() -> float:
-    return time.time()
 
 
 class CheckpointManager:

@@ -10,8 +10,6 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 
-TRACKERS = ("tensorboard", "wandb", "none")
-
 
 class JsonlSink:
     """One JSON object per line; each line is flushed so a crash loses at most the line being written."""

@@ -9,8 +9,6 @@ accumulation, mixed precision, clipping, evaluation, checkpoints, tracking, sign
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -29,6 +27,7 @@ import tyro
 from lmlab import __version__, runtime
 from lmlab.config import ModelConfig, Preset, TrainConfig, get_preset, preset_train_config
 from lmlab.data.loader import BatchLoader, Dataset, load_dataset
+from lmlab.data.sources import sha256_file
 from lmlab.errors import LmlabError
 from lmlab.train import checkpoint as ckpt
 from lmlab.train.optim import lr_at, make_adamw
@@ -389,8 +388,7 @@ class Trainer:
                     tracker.log(self.step, {"tokens": self.tokens_seen, "elapsed_s": self.elapsed(), **row})
                 if bar is not None:
                     bar.update(1)
-            if status == "interrupted" or self.step < cfg.max_steps:
-                status = "interrupted"
+            if status == "interrupted":
                 if not (self.ckpts.root / ckpt.step_name(self.step)).exists() and self.step > 0:
                     self._save({})
         finally:
@@ -452,15 +450,11 @@ class TrainArgs:
     resume: str | None = None  # continue the run in this directory from its latest good checkpoint
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _data_fingerprint(ds: Dataset) -> dict[str, Any]:
     return {
         "path": str(ds.path.resolve()),
         "vocab_size": ds.vocab_size,
-        "tokenizer_sha256": _file_sha(ds.path / "tokenizer.json"),
+        "tokenizer_sha256": sha256_file(ds.path / "tokenizer.json"),
         "train_tokens": ds.meta["splits"]["train"]["tokens"],
         "val_tokens": ds.meta["splits"]["val"]["tokens"],
     }
@@ -690,7 +684,3 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} was not made by lmlab train (no train section in config.json); it cannot be resumed"
         )
     return cfg
-
-
-def dumps_config(cfg: dict) -> str:
-    return json.dumps(cfg, indent=2)
