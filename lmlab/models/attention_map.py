@@ -15,6 +15,7 @@ import torch
 import tyro
 
 from lmlab.errors import LmlabError
+from lmlab.figures import pyplot, save_png
 
 
 @dataclass
@@ -48,10 +49,7 @@ def _label(tokenizer, i: int) -> str:
 
 def _figure(weights: torch.Tensor, labels: Sequence[str], layers: Sequence[int], title: str):
     """The matplotlib figure: a heat map per (layer, head), rows = ``layers``, tokens on both axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_head, T = weights.shape[1], weights.shape[-1]
     cell = max(2.0, 0.22 * T)  # inches per heat map: room for a label per token
@@ -79,14 +77,7 @@ def plot_attention(
 ) -> Path:
     """Save a grid of heat maps of ``weights`` (n_layer, n_head, T, T): a row per layer in ``layers``, a column
     per head."""
-    import matplotlib.pyplot as plt
-
-    fig = _figure(weights, labels, layers, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(_figure(weights, labels, layers, title), path)
 
 
 def attention(

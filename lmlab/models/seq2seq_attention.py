@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.figures import pyplot, save_png
 
 
 @torch.no_grad()
@@ -47,10 +48,7 @@ def plot_cross_attention(
 ) -> Path:
     """Save heat maps of ``weights`` (n_layer, n_head, T, S): a row per layer in ``layers``, a column per head
     and a last column with the mean over heads."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_head, T, S = weights.shape[1:]
     cols = n_head + 1
@@ -71,11 +69,7 @@ def plot_cross_attention(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def cross_attention(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -10,6 +9,7 @@ from typing import Literal
 import tyro
 
 from lmlab.errors import LmlabError
+from lmlab.figures import pyplot, save_png
 from lmlab.train.tracking import read_metrics
 
 
@@ -33,10 +33,7 @@ def plot(
     log_y: bool = False,
 ) -> Path:
     """Draw ``metrics`` of each run against steps or tokens; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metrics = metrics or ["train_loss", "val_loss"]
     if x not in ("step", "tokens"):
@@ -66,16 +63,7 @@ def plot(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=110)
 
 
 def cli(argv: list[str]) -> None:

@@ -32,6 +32,7 @@ def test_writes_a_png_with_one_cell_per_layer_and_head(run, capsys):
     assert (run / "attention.png").read_bytes()[:8] == PNG_MAGIC
     path = attention(run, "not", out=run / "all.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
+    assert not list(run.glob(".*tmp*"))  # written through a temporary file that is gone
 
 
 def test_grid_labels_tokens_on_both_axes():
