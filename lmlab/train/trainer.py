@@ -305,7 +305,7 @@ class Trainer:
         self.stop.install()
         status = "finished"
         self.fit_start = self.clock()
-        window_start, window_steps = self.fit_start, 0
+        window_start, window_steps, window_good = self.fit_start, 0, 0  # good = not skipped (non-finite)
         loss_sum = torch.zeros((), device=rt.device)
         self.model.train()
         try:
@@ -330,21 +330,7 @@ class Trainer:
                     self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                 if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if cfg.on_nan == "stop":
-                        last = self.ckpts.root / "latest"
-                        have = (
-                            f"the last good checkpoint is {os.readlink(last)}"
-                            if last.is_symlink()
-                            else "no checkpoint was saved"
-                        )
-                        raise LmlabError(
-                            f"loss is {step_loss.item()} at step {self.step + 1}: training diverged; {have}. "
-                            "Lower --train.lr, or pass --train.on-nan skip to skip such steps"
-                        )
-                    self.skipped_steps += 1
-                    if bar is not None:
-                        bar.write(f"step {self.step + 1}: non-finite loss, step skipped ({self.skipped_steps} so far)")
+                    self._skip_non_finite(step_loss, bar)
                 else:
                     if self.scaler:
                         self.scaler.step(self.optimizer)
@@ -353,17 +339,17 @@ class Trainer:
                         self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     loss_sum += step_loss
+                    window_good += 1
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step
                 window_steps += 1
                 row: dict[str, Any] = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     elapsed = max(self.clock() - window_start, 1e-9)
-                    train_loss = self._all_mean(loss_sum / max(1, window_steps))
                     tps = window_steps * self.tokens_per_step / elapsed
+                    if window_good:  # the mean over the steps that updated the model (none: no train_loss)
+                        row["train_loss"] = self._all_mean(loss_sum / window_good)
                     row.update(
-                        tokens=self.tokens_seen,
-                        train_loss=train_loss,
                         lr=lr,
                         grad_norm=float(grad_norm),
                         tok_per_s=tps,
@@ -372,9 +358,10 @@ class Trainer:
                     if self.skipped_steps:
                         row["skipped_steps"] = self.skipped_steps
                     if bar is not None:
-                        bar.set_postfix_str(f"loss {train_loss:.4f}  {tps / 1000:.1f}k tok/s", refresh=False)
+                        loss_text = f"loss {row['train_loss']:.4f}  " if "train_loss" in row else ""
+                        bar.set_postfix_str(f"{loss_text}{tps / 1000:.1f}k tok/s", refresh=False)
                     loss_sum.zero_()
-                    window_steps = 0
+                    window_steps = window_good = 0
                     window_start = self.clock()
                 eval_due = (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps
                 save_due = self.ckpts.due(self.step) or self.step == cfg.max_steps or (eval_due and not cfg.save_every)
@@ -405,6 +392,22 @@ class Trainer:
                 cfg.best_metric: self.ckpts.index[best[0]]["metrics"][cfg.best_metric],
             }
         return result
+
+    def _skip_non_finite(self, step_loss: torch.Tensor, bar) -> None:
+        """A step whose loss or gradient is not finite: stop the run (default) or drop the update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.on_nan == "stop":
+            last = self.ckpts.root / "latest"
+            have = "no checkpoint was saved"
+            if last.is_symlink():
+                have = f"the last good checkpoint is {os.readlink(last)}"
+            raise LmlabError(
+                f"loss is {step_loss.item()} at step {self.step + 1}: training diverged; {have}. "
+                "Lower --train.lr, or pass --train.on-nan skip to skip such steps"
+            )
+        self.skipped_steps += 1
+        if bar is not None:
+            bar.write(f"step {self.step + 1}: non-finite loss, step skipped ({self.skipped_steps} so far)")
 
     def _evaluate_and_report(self, bar) -> dict[str, Any]:
         metrics = self.evaluate()
