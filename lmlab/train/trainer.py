@@ -28,7 +28,7 @@ from lmlab import __version__, runtime
 from lmlab.config import ModelConfig, Preset, TrainConfig, get_preset, preset_train_config
 from lmlab.data.loader import BatchLoader, Dataset, load_dataset
 from lmlab.data.sources import sha256_file
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, did_you_mean
 from lmlab.train import checkpoint as ckpt
 from lmlab.train.optim import lr_at, make_adamw
 from lmlab.train.tracking import JsonlSink, TensorBoardSink, Tracker, WandbSink
@@ -145,6 +145,12 @@ class Trainer:
         self.train_loader = task.loader("train", cfg.batch_size, cfg.seed, rt.rank, rt.world_size, rt.device)
         # fail now, not at the first evaluation, when the validation split cannot fill one batch
         self.eval_batches = min(cfg.eval_steps, self._val_loader().batches_per_epoch)
+        reported = list(task.eval_metrics(1.0))  # metric names only; a typo would otherwise never mark a best
+        if cfg.best_metric not in reported:
+            raise LmlabError(
+                f"--train.best-metric {cfg.best_metric!r}{did_you_mean(cfg.best_metric, reported)} is not a metric "
+                f"this run reports; choose one of {', '.join(reported)}"
+            )
         self.ckpts = ckpt.CheckpointManager(
             self.run_dir / "checkpoints",
             keep_last=cfg.keep_last,

@@ -241,3 +241,40 @@ def test_wandb_without_the_package_says_how_to_install(data, tmp_path, capsys, m
         capsys,
     )
     assert_one_line_error(code, err, "pip install 'lmlab[wandb]'")
+
+
+def test_error_unknown_best_metric(data, tmp_path, capsys):
+    code, err = run_cli(
+        ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.best-metric", "val_los", *FAST], capsys
+    )
+    assert_one_line_error(code, err, "--train.best-metric 'val_los' (did you mean 'val_loss'?) is not a metric")
+
+
+def test_error_cuda_asked_for_on_a_cpu_machine(data, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = run_cli(
+        ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.device", "cuda", *FAST], capsys
+    )
+    assert_one_line_error(code, err, "CUDA is not available here; use --train.device cpu")
+    code, err = run_cli(
+        ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.device", "gpu0", *FAST], capsys
+    )
+    assert_one_line_error(code, err, "unknown device 'gpu0'")
+
+
+def test_error_resume_of_a_run_not_made_by_train(tmp_path, capsys):
+    import dataclasses
+
+    from lmlab.config import get_preset
+    from lmlab.data.tokenizer import train_char
+    from lmlab.models import build_model
+    from lmlab.runs import save_run
+
+    tok = train_char(["hello world"])
+    model = build_model(dataclasses.replace(get_preset("tiny").model, vocab_size=tok.vocab_size))
+    save_run(tmp_path / "imported", model, tok)
+    code, err = run_cli(["train", "--resume", str(tmp_path / "imported"), *FAST], capsys)
+    assert_one_line_error(code, err, "was not made by lmlab train (no train section in config.json)")
