@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def machine() -> dict[str, Any]:
@@ -42,21 +43,89 @@ def machine() -> dict[str, Any]:
     }
 
 
-def matmul_peak(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
-    """Measured matmul throughput of this machine in FLOP/s (best of repeated n×n @ n×n products).
-
-    The denominator of MFU: what the CPU really sustains in a large fp32 GEMM, not a datasheet figure.
-    """
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    out = torch.empty(n, n, dtype=dtype)
+def _best_seconds(fn: Callable[[], Any], seconds: float) -> float:
+    """Fastest of repeated calls of ``fn`` over about ``seconds`` (after 3 untimed ones)."""
     for _ in range(3):
-        torch.mm(a, b, out=out)
+        fn()
     best, start = float("inf"), time.perf_counter()
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        torch.mm(a, b, out=out)
+        fn()
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return best
+
+
+def matmul_peaks(n: int = 2048, seconds: float = 1.0, device: str = "cpu") -> dict[str, float]:
+    """Measured GEMM throughput (FLOP/s) of an n×n @ n×n product on every path this machine offers.
+
+    On CPU: fp32 through ``torch.mm`` (PyTorch's default BLAS, MKL on x86), fp32 through oneDNN
+    (the kernel lmlab's ``Linear`` uses for training), and bf16 through ``torch.mm`` (oneDNN, with
+    AVX512-BF16 where the CPU has it). On CUDA: fp32 (TF32 off) and bf16 ``torch.mm``. MFU is
+    reported against the highest of these, and the table says which path that was.
+    """
+    from lmlab.models.linear import _LINEAR
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn: Callable[[], Any]) -> float:
+        def call() -> None:
+            fn()
+            sync()
+
+        return 2 * n**3 / _best_seconds(call, seconds)
+
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    peaks = {"fp32 torch.mm": timed(lambda: torch.mm(a, b))}
+    if dev.type == "cpu" and _LINEAR is not None:
+        peaks["fp32 oneDNN"] = timed(lambda: _LINEAR(a, b, None, "none", [], ""))
+    bf16_ok = dev.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if bf16_ok:
+        ab, bb = a.bfloat16(), b.bfloat16()
+        peaks["bf16 torch.mm"] = timed(lambda: torch.mm(ab, bb))
+    return peaks
+
+
+def best_peak(peaks: dict[str, float]) -> tuple[str, float]:
+    """(path, FLOP/s) of the fastest measured path: the MFU denominator."""
+    name = max(peaks, key=peaks.__getitem__)
+    return name, peaks[name]
+
+
+def machine_line(peaks: dict[str, float] | None = None) -> str:
+    """One line saying what a table was measured on, for BENCHMARKS.md."""
+    m = machine()
+    line = (
+        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
+        f"Python {m['python']}, {m['platform']}"
+    )
+    if torch.cuda.is_available():
+        line += f", GPU {torch.cuda.get_device_name()}"
+    if peaks:
+        line += "; measured GEMM peaks: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
+    return line
+
+
+def update_section(name: str, body: str, path: Path = DOC) -> bool:
+    """Replace the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in BENCHMARKS.md
+    (atomically). Returns False, and changes nothing, when the file has no such markers."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        print(f"{path.name} has no {start} … {end} markers; table not written there")
+        return False
+    new = text[: i + len(start)] + "\n" + body.strip("\n") + "\n" + text[j:]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"updated the {name!r} table in {path.name}")
+    return True
 
 
 def alternate(
@@ -100,18 +169,21 @@ def spread(xs: Sequence[float]) -> float:
     return (max(xs) - min(xs)) / statistics.median(xs)
 
 
-def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Print (and return) a Markdown table of ``rows`` restricted to ``columns``."""
+def print_table(rows: list[dict[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """Print (and return) a Markdown table of ``rows`` restricted to ``columns`` (titled ``headers``)."""
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10_000:
+            return f"{v:,}"
         return str(v)
 
     cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    titles = list(headers or columns)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(titles)]
     lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+        "| " + " | ".join(c.ljust(w) for c, w in zip(titles, widths)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(r, widths)) + " |" for r in cells]

@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 
 import torch
 import transformers
 
-from benchmarks.common import print_table, write_result
+from benchmarks.common import machine_line, print_table, update_section, write_result
 
 LIBS = ("lmlab", "transformers")
 
@@ -136,6 +137,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both libraries (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite the table in BENCHMARKS.md")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,8 +195,17 @@ def main() -> None:
         "decode tok/s (CPU)",
         "x HF (CPU)",
     ]
-    print_table(rows, columns)
+    table = print_table(rows, columns)
     write_result("generate", {"args": vars(args), "load_average": load, "greedy_identical": same, "rows": rows})
+    if not args.no_doc:
+        command = " ".join(["python -m benchmarks.generate", *sys.argv[1:]])
+        update_section(
+            "generate",
+            f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on: {machine_line()}; "
+            f"{torch.get_num_threads()} thread(s) for both libraries, transformers {transformers.__version__}, "
+            f"best of {args.repeats} alternating rounds; greedy tokens identical: {'yes' if same else 'NO'}."
+            f"\n\n{table}",
+        )
 
 
 if __name__ == "__main__":

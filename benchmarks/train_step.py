@@ -1,25 +1,34 @@
 """Training-step throughput: lmlab's models against reference implementations of identical shape.
 
-One step = forward + cross-entropy + backward + AdamW (fused), fp32, no dropout, on the same
-random tokens for both contenders. Contenders alternate round by round to cancel drift.
+One step = forward + cross-entropy + backward + AdamW (fused), no dropout, on the same random tokens
+for every contender. Per case, lmlab and the reference run in each precision asked for (``fp32``:
+plain fp32 math, the default of both; ``bf16``: the forward under bf16 autocast, lmlab's opt-in
+``--train.precision bf16``, given to the reference too), optionally also under ``torch.compile``;
+all of a case's contenders alternate round by round in one run, so drift hits them alike.
 
     case               lmlab                      reference
     baby               GPT (GPT-2 style)          transformers.GPT2LMHeadModel
     shakespeare-char   GPT (GPT-2 style)          transformers.GPT2LMHeadModel
     modern-small       GPT (RoPE/RMSNorm/SwiGLU)  transformers.LlamaForCausalLM
     lstm               LSTM language model        Embedding → torch.nn.LSTM → Linear
+    gpt2-124m          GPT-2 small, block 1024    transformers.GPT2LMHeadModel   (GPU only by default)
 
-Run from the repository root:  python -m benchmarks.train_step [--cases baby lstm] [--rounds 7]
-MFU = flops_per_token × tokens/s ÷ the machine's measured fp32 matmul peak. ``vs_ref`` is the median over
-rounds of the paired speed-up (reference step time ÷ lmlab step time in the same round); ``spread`` is
+Run from the repository root:  python -m benchmarks.train_step [--cases baby lstm] [--precisions fp32]
+``× ref`` is the median over rounds of the paired speed-up against the reference in the same
+precision (and compile mode); ``× ref fp32`` against the reference in plain fp32, what a user of
+the reference gets by default. MFU = flops_per_token × tokens/s ÷ the fastest measured GEMM path
+of the machine (``benchmarks.common.matmul_peaks``; the table names it). ``spread`` is
 (max − min) / median of a contender's round times: large values mean the machine was busy; then
-``best_tokens_per_s`` (from the fastest round) is the better estimate of an idle machine.
+``best tok/s`` (from the fastest round) is the better estimate of an idle machine.
+The table also replaces the one between the ``bench:train_step`` markers in BENCHMARKS.md
+(``bench:train_step_compile`` with ``--compile``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,33 +36,51 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from benchmarks.common import alternate, machine, matmul_peak, median, print_table, spread, write_result
+from benchmarks.common import (
+    alternate,
+    best_peak,
+    machine_line,
+    matmul_peaks,
+    median,
+    print_table,
+    spread,
+    update_section,
+    write_result,
+)
 from lmlab.config import ModelConfig, get_preset
 from lmlab.models import build_model
 
-COLUMNS = ("case", "model", "batch", "block", "params", "step_ms", "tokens_per_s", "best_tokens_per_s", "vs_ref",
-           "mfu_pct", "spread")  # fmt: skip
+COLUMNS = ("case", "precision", "model", "batch", "block", "params", "step_ms", "tokens_per_s", "best_tokens_per_s",
+           "vs_ref", "vs_ref_fp32", "mfu_pct", "spread")  # fmt: skip
+HEADERS = ("case", "precision", "contender", "batch", "block", "params", "step ms", "tok/s", "best tok/s", "× ref",
+           "× ref fp32", "MFU %", "spread")  # fmt: skip
 VOCAB = 65  # tiny Shakespeare's character vocabulary: the shapes these presets are trained at
 
-# case -> (preset, batch size, reference kind)
-CASES: dict[str, tuple[str, int, str]] = {
-    "baby": ("baby", 12, "gpt2"),
-    "shakespeare-char": ("shakespeare-char", 8, "gpt2"),
-    "modern-small": ("modern-small", 8, "llama"),
-    "lstm": ("lstm", 12, "lstm"),
+# case -> (preset, batch size, reference kind, vocabulary)
+CASES: dict[str, tuple[str, int, str, int]] = {
+    "baby": ("baby", 12, "gpt2", VOCAB),
+    "shakespeare-char": ("shakespeare-char", 8, "gpt2", VOCAB),
+    "modern-small": ("modern-small", 8, "llama", VOCAB),
+    "lstm": ("lstm", 12, "lstm", VOCAB),
+    "gpt2-124m": ("gpt2-124m", 16, "gpt2", 50304),
 }
+DEFAULT_CASES = {"cpu": ("baby", "shakespeare-char", "modern-small", "lstm"), "cuda": ("gpt2-124m", "shakespeare-char")}
 
 
 @dataclass
 class Args:
     """Time training steps of lmlab models against transformers / torch.nn references of identical shape."""
 
-    cases: tuple[str, ...] = tuple(CASES)  # which cases to run
+    cases: tuple[str, ...] = ()  # which cases to run (default: baby shakespeare-char modern-small lstm on CPU)
+    precisions: tuple[str, ...] = ("fp32", "bf16")  # fp32 and/or bf16 (autocast), each for both contenders
+    compile: bool = False  # also time both contenders under torch.compile
+    device: str = "auto"  # cpu, cuda, or auto (cuda when there is one)
     rounds: int = 7  # alternating rounds per case
     steps: int = 2  # training steps per contender per round (at least)
     round_seconds: float = 1.5  # make each contender's round last about this long (more steps for small shapes)
     warmup: int = 2  # untimed steps per contender before the rounds
     seed: int = 0  # seed for weights and tokens
+    write_doc: bool = True  # replace the table between the bench:train_step markers in BENCHMARKS.md
 
 
 def _reference(kind: str, cfg: ModelConfig) -> torch.nn.Module:
@@ -94,80 +121,117 @@ class PlainLSTM(torch.nn.Module):
         return self.head(out)
 
 
-def _step(model: torch.nn.Module, logits_of: Callable, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One training step; every contender's loss is the same flattened cross-entropy."""
+def _step(
+    model: torch.nn.Module, logits_of: Callable, x: torch.Tensor, y: torch.Tensor, precision: str, compiled: bool
+) -> Callable[[], None]:
+    """One training step; every contender's loss is the same flattened cross-entropy, in fp32."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     model.train()
+    fwd = torch.compile(model) if compiled else model
+    dev = x.device
 
     def step() -> None:
-        logits = logits_of(model, x)  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = logits_of(fwd, x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
 
-def run_case(name: str, args: Args) -> list[dict]:
-    preset, batch, kind = CASES[name]
-    cfg = dataclasses.replace(get_preset(preset).model, vocab_size=VOCAB, dropout=0.0)
-    torch.manual_seed(args.seed)
-    ours = build_model(cfg)
-    ref = _reference(kind, cfg)
-    n_ours = ours.num_params()
-    n_ref = sum(p.numel() for p in ref.parameters())
-    if n_ours != n_ref:
-        raise SystemExit(f"{name}: shapes differ ({n_ours} vs {n_ref} parameters); the comparison would be unfair")
-    x = torch.randint(0, VOCAB, (batch, cfg.block_size))
-    y = torch.randint(0, VOCAB, (batch, cfg.block_size))
-    ref_logits = (lambda m, t: m(t)) if kind == "lstm" else (lambda m, t: m(input_ids=t, use_cache=False).logits)
+def run_case(name: str, args: Args, device: torch.device) -> list[dict]:
+    preset, batch, kind, vocab = CASES[name]
+    cfg = dataclasses.replace(get_preset(preset).model, vocab_size=vocab, dropout=0.0)
     ref_name = {"gpt2": "HF GPT2LMHeadModel", "llama": "HF LlamaForCausalLM", "lstm": "torch.nn.LSTM"}[kind]
-    times = alternate(
-        {"lmlab": _step(ours, lambda m, t: m(t).logits, x, y), ref_name: _step(ref, ref_logits, x, y)},
-        warmup=args.warmup,
-        rounds=args.rounds,
-        steps=args.steps,
-        round_seconds=args.round_seconds,
-    )
+    ours_logits = lambda m, t: m(t).logits  # noqa: E731
+    ref_logits = (lambda m, t: m(t)) if kind == "lstm" else (lambda m, t: m(input_ids=t, use_cache=False).logits)
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randint(0, vocab, (batch, cfg.block_size), generator=gen).to(device)
+    y = torch.randint(0, vocab, (batch, cfg.block_size), generator=gen).to(device)
+    contenders, meta = {}, {}
+    n_params = 0
+    for precision in args.precisions:
+        for compiled in (False, True) if args.compile else (False,):
+            torch.manual_seed(args.seed)
+            ours, ref = build_model(cfg).to(device), _reference(kind, cfg).to(device)
+            n_params, n_ref = ours.num_params(), sum(p.numel() for p in ref.parameters())
+            if n_params != n_ref:
+                raise SystemExit(f"{name}: shapes differ ({n_params} vs {n_ref} parameters); the comparison is unfair")
+            tag = precision + (" compile" if compiled else "")
+            for who, model, logits_of in (("lmlab", ours, ours_logits), (ref_name, ref, ref_logits)):
+                key = f"{who} | {tag}"
+                contenders[key] = _step(model, logits_of, x, y, precision, compiled)
+                meta[key] = (who, tag, ours.flops_per_token())
+    t0 = time.perf_counter()
+    times = alternate(contenders, warmup=args.warmup, rounds=args.rounds, steps=args.steps,
+                      round_seconds=args.round_seconds)  # fmt: skip
+    print(f"{name}: {len(contenders)} contenders timed in {time.perf_counter() - t0:.0f} s")
     tokens = batch * cfg.block_size
-    flops = ours.flops_per_token()
     rows = []
-    for who, ts in times.items():
-        tps = tokens / median(ts)
+    for key, ts in times.items():
+        who, tag, flops = meta[key]
+        ref_t = times[f"{ref_name} | {tag}"]
+        ref_fp32 = times.get(f"{ref_name} | fp32")
         rows.append({
-            "case": name, "model": who, "batch": batch, "block": cfg.block_size, "params": n_ours,
-            "step_ms": 1000 * median(ts), "tokens_per_s": tps, "best_tokens_per_s": tokens / min(ts),
+            "case": name, "precision": tag, "model": who, "batch": batch, "block": cfg.block_size, "params": n_params,
+            "step_ms": 1000 * median(ts), "tokens_per_s": tokens / median(ts), "best_tokens_per_s": tokens / min(ts),
             "spread": spread(ts), "flops_per_token": flops,
+            # paired speed-ups: each round ran every contender back to back, robust to drift between rounds
+            "vs_ref": median([r / o for o, r in zip(ts, ref_t)]),
+            "vs_ref_fp32": median([r / o for o, r in zip(ts, ref_fp32)]) if ref_fp32 else "",
         })  # fmt: skip
-    # speed-up from the rounds pairwise (each round ran both back to back), robust to drift between rounds
-    ours_t, ref_t = times.values()
-    rows[0]["vs_ref"] = median([r / o for o, r in zip(ours_t, ref_t)])
-    rows[1]["vs_ref"] = 1.0
     return rows
 
 
 def main(args: Args) -> None:
-    unknown = [c for c in args.cases if c not in CASES]
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
+    cases = args.cases or DEFAULT_CASES[device.type]
+    unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    info = machine()
-    before = matmul_peak()
+    bad = [p for p in args.precisions if p not in ("fp32", "bf16")]
+    if bad:
+        raise SystemExit(f"unknown precision(s) {bad}; choose from fp32, bf16")
+    peaks = matmul_peaks(device=device.type)
     rows = []
-    for case in args.cases:
-        rows += run_case(case, args)
-    peak = max(before, matmul_peak())  # best of two: a busy moment must not inflate MFU
+    for case in cases:
+        rows += run_case(case, args, device)
+    again = matmul_peaks(device=device.type)  # best of two: a busy moment must not deflate the peak
+    peaks = {k: max(v, again.get(k, 0.0)) for k, v in peaks.items()}
+    peak_name, peak = best_peak(peaks)
     for row in rows:
         row["mfu_pct"] = 100 * row["flops_per_token"] * row["tokens_per_s"] / peak
-    print(
-        f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; "
-        f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
-    )
-    table = print_table(rows, COLUMNS)
+    line = machine_line(peaks)
+    print(line)
+    table = print_table(rows, COLUMNS, HEADERS)
     path = write_result(
-        "train_step", {"peak_flops": peak, "args": dataclasses.asdict(args), "rows": rows, "table": table}
-    )
+        "train_step",
+        {"peaks": peaks, "peak_path": peak_name, "peak_flops": peak, "args": dataclasses.asdict(args), "rows": rows,
+         "table": table},
+    )  # fmt: skip
     print(f"wrote {path}")
+    if args.write_doc:
+        update_section(
+            "train_step_compile" if args.compile else "train_step",
+            f"Measured {time.strftime('%Y-%m-%d')} with `{_command(args)}` on: {line}. "
+            f"MFU against the fastest path, {peak_name} ({peak / 1e9:,.0f} GFLOP/s).\n\n{table}",
+        )
+
+
+def _command(args: Args) -> str:
+    defaults = Args()
+    extra = [
+        f"--{f.name.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for f in dataclasses.fields(Args)
+        if (v := getattr(args, f.name)) != getattr(defaults, f.name) and f.name != "write_doc"
+    ]
+    return " ".join(["python -m benchmarks.train_step", *extra])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from lmlab.models.layers import (
     build_norm,
     lm_loss,
 )
+from lmlab.models.linear import Linear
 
 
 class GPT(nn.Module):
@@ -49,7 +50,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block.from_config(cfg) for _ in range(cfg.n_layer))
         # post-norm blocks already end in a norm; pre-norm ones need one before the head
         self.norm_f = build_norm(cfg.norm, C, cfg.norm_eps, cfg.bias) if cfg.norm_position == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(C, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.reset_parameters()

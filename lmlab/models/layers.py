@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.models.linear import Linear
 
 
 @dataclass
@@ -43,6 +44,16 @@ def lm_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Te
 # Scaled dot-product attention
 
 
+def _fused_attention_pays(q: Tensor) -> bool:
+    """Whether PyTorch's fused kernel beats the explicit matmul-softmax-matmul path below.
+
+    It does everywhere except in bf16/fp16 on CPU, where the fused (flash) kernel ran 2-4x slower
+    than the explicit path at our training shapes (forward + backward, torch 2.13 on an AVX512-BF16
+    CPU; see BENCHMARKS.md), so there the explicit path is taken: same math, same result.
+    """
+    return q.device.type != "cpu" or q.dtype == torch.float32 or q.dtype == torch.float64
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -64,7 +75,7 @@ def scaled_dot_product_attention(
     takes PyTorch's fused kernel; ``True`` the explicit path below, which is the definition.
     """
     gqa = q.size(1) != k.size(1)
-    if not return_weights:
+    if not return_weights and _fused_attention_pays(q):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=gqa
         )
@@ -342,8 +353,8 @@ class FeedForward(nn.Module):
                 f"choose one of {', '.join(ACTIVATIONS)}"
             )
         self.activation = activation
-        self.up = nn.Linear(d_model, 2 * hidden if activation == "swiglu" else hidden, bias=bias)
-        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.up = Linear(d_model, 2 * hidden if activation == "swiglu" else hidden, bias=bias)
+        self.down = Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.up(x)  # (B, T, F) or (B, T, 2F) for swiglu
@@ -385,8 +396,8 @@ class MultiHeadAttention(nn.Module):
         self.q_dim = n_head * self.head_dim
         self.kv_dim = n_kv_head * self.head_dim
         self.dropout = dropout
-        self.qkv = nn.Linear(d_model, self.q_dim + 2 * self.kv_dim, bias=bias)
-        self.proj = nn.Linear(self.q_dim, d_model, bias=bias)
+        self.qkv = Linear(d_model, self.q_dim + 2 * self.kv_dim, bias=bias)
+        self.proj = Linear(self.q_dim, d_model, bias=bias)
 
     def _heads(self, t: Tensor, n: int) -> Tensor:
         return t.view(t.size(0), t.size(1), n, self.head_dim).transpose(1, 2)  # (B, T, n·D) -> (B, n, T, D)

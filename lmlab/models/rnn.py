@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.models.layers import ModelOutput, lm_loss
+from lmlab.models.linear import Linear
 
 
 @dataclass
@@ -73,8 +74,8 @@ class RecurrentLM(nn.Module):
         between = cfg.dropout if cfg.n_layer > 1 else 0.0  # PyTorch drops out between layers only
         self.rnn = kind(E, H, num_layers=cfg.n_layer, bias=cfg.bias, batch_first=True, dropout=between)
         # A tied head reads E-wide vectors; project the hidden state down when H != E.
-        self.proj = nn.Linear(H, E, bias=False) if cfg.tie_embeddings and H != E else None
-        self.lm_head = nn.Linear(E if cfg.tie_embeddings else H, cfg.vocab_size, bias=cfg.bias)
+        self.proj = Linear(H, E, bias=False) if cfg.tie_embeddings and H != E else None
+        self.lm_head = Linear(E if cfg.tie_embeddings else H, cfg.vocab_size, bias=cfg.bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.reset_parameters()

@@ -39,6 +39,7 @@ from lmlab.models.layers import (
     build_norm,
     lm_loss,
 )
+from lmlab.models.linear import Linear
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Seq2Seq(nn.Module):
         pre = cfg.norm_position == "pre"
         self.encoder_norm = build_norm(cfg.norm, C, cfg.norm_eps, cfg.bias) if pre else nn.Identity()
         self.decoder_norm = build_norm(cfg.norm, C, cfg.norm_eps, cfg.bias) if pre else nn.Identity()
-        self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(C, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tgt_embed.weight
         self.reset_parameters()

@@ -76,6 +76,30 @@ def test_sdpa_path_equals_explicit_path_with_masks():
     assert (w[0, :, :, :3] == 0).all(), "pad keys get no weight"
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_bf16_attention_on_cpu_takes_the_explicit_path_and_agrees_with_fp32(causal, monkeypatch):
+    """In bf16 on CPU the fused kernel is bypassed for speed; the result (and its gradients) must still
+    be attention, within bf16's precision of the fp32 answer."""
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 4, 8, 16, requires_grad=True) for _ in range(3))
+    ref, _ = scaled_dot_product_attention(q, k, v, is_causal=causal)
+    assert len(calls) == 1, "fp32 uses the fused kernel"
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    out, _ = scaled_dot_product_attention(qb, kb, vb, is_causal=causal)
+    assert len(calls) == 1 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    out.backward(g.bfloat16())
+    for low, high in ((qb, q), (kb, k), (vb, v)):
+        torch.testing.assert_close(low.grad.float(), high.grad, atol=6e-2, rtol=6e-2)
+
+
 def test_attention_mask_causal_offset_and_pads():
     m = attention_mask(2, 5, offset=3, causal=True)  # queries at key slots 3 and 4
     assert m.tolist() == [[True, True, True, True, False], [True] * 5]
