@@ -36,9 +36,13 @@ format: setup
 	$(BIN)/ruff format lmlab tests benchmarks
 	$(BIN)/ruff check --fix lmlab tests benchmarks
 
+# every benchmark, one after the other (about 15 minutes on 2 cores); each rewrites its table in BENCHMARKS.md
 bench: setup
+	$(BIN)/python -m benchmarks.train_step
+	$(BIN)/python -m benchmarks.generate
+	$(BIN)/python -m benchmarks.profile
+	$(BIN)/python -m benchmarks.train --rounds 5
 	$(BIN)/python -m benchmarks.prepare
-	$(BIN)/python -m benchmarks.train
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache

@@ -199,7 +199,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     payload = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{name}", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
         "machine": machine(),
         **data,
     }

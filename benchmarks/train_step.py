@@ -210,15 +210,16 @@ def main(args: Args) -> None:
     line = machine_line(peaks)
     print(line)
     table = print_table(rows, COLUMNS, HEADERS)
+    section = "train_step_compile" if args.compile else "train_step"
     path = write_result(
-        "train_step",
+        section,
         {"peaks": peaks, "peak_path": peak_name, "peak_flops": peak, "args": dataclasses.asdict(args), "rows": rows,
          "table": table},
     )  # fmt: skip
     print(f"wrote {path}")
     if args.write_doc:
         update_section(
-            "train_step_compile" if args.compile else "train_step",
+            section,
             f"Measured {time.strftime('%Y-%m-%d')} with `{_command(args)}` on: {line}. "
             f"MFU against the fastest path, {peak_name} ({peak / 1e9:,.0f} GFLOP/s).\n\n{table}",
         )

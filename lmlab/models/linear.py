@@ -7,9 +7,12 @@ kernels from what the CPU reports. On the 2-core AMD EPYC of BENCHMARKS.md that 
 6% faster. The math is the same fp32 GEMM (only the order of the additions differs, like any two
 BLAS libraries), so it is on by default; ``LMLAB_ONEDNN=0`` in the environment turns it off.
 
-Only the training path changes: forward and the input gradient go through oneDNN, the weight
-gradient through ``torch.mm`` (it was faster there). Inference (no autograd), autocast, other
-dtypes and devices, and code being compiled by ``torch.compile`` use ``F.linear`` as before.
+Only the training path changes, and only for GEMMs of at least ``MIN_MACS`` multiply-adds: below
+that the default path won (a 768×128 by 128×65 output head took 0.80× the time through F.linear;
+from about 768×128 by 128×384 on, oneDNN was as fast or faster: benchmarks in BENCHMARKS.md).
+Forward and the input gradient go through oneDNN, the weight gradient through ``torch.mm`` (it was
+faster there). Inference (no autograd), autocast, other dtypes and devices, and code being
+compiled by ``torch.compile`` use ``F.linear`` as before.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def _onednn_linear_op():
 
 _LINEAR = _onednn_linear_op()
 ENABLED = _LINEAR is not None and os.environ.get("LMLAB_ONEDNN", "1") != "0"
+MIN_MACS = 1 << 25  # rows × in_features × out_features below which F.linear is faster
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
@@ -43,6 +47,7 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
         and weight.dtype == torch.float32
         and torch.is_grad_enabled()
         and (x.requires_grad or weight.requires_grad)
+        and x.numel() * weight.size(0) >= MIN_MACS
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )

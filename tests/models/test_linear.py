@@ -17,6 +17,12 @@ from lmlab.models.linear import Linear, linear
 needs_onednn = pytest.mark.skipif(linear_mod._LINEAR is None, reason="this PyTorch build has no oneDNN linear")
 
 
+@pytest.fixture(autouse=True)
+def any_size(monkeypatch):
+    """Small test shapes would stay on F.linear (MIN_MACS); take the oneDNN path at every size here."""
+    monkeypatch.setattr(linear_mod, "MIN_MACS", 0)
+
+
 def _grads(fn, x, w, b, g):
     for t in (x, w, b):
         if t is not None:
@@ -76,6 +82,16 @@ def test_steps_aside_where_it_does_not_apply(case, monkeypatch):
         y = linear(x, w)
     assert y.grad_fn is None or type(y.grad_fn).__name__ != "_OneDNNLinearBackward"
     torch.testing.assert_close(y, F.linear(x, w).to(y.dtype), rtol=2e-2, atol=2e-2)
+
+
+@needs_onednn
+def test_small_gemms_stay_on_f_linear(monkeypatch):
+    monkeypatch.setattr(linear_mod, "MIN_MACS", 1 << 25)
+    w = torch.randn(65, 128, requires_grad=True)
+    small = linear(torch.randn(768, 128, requires_grad=True), w)  # an output head: 6.4M multiply-adds
+    assert type(small.grad_fn).__name__ != "_OneDNNLinearBackward"
+    big = linear(torch.randn(768, 128, requires_grad=True), torch.randn(512, 128, requires_grad=True))
+    assert type(big.grad_fn).__name__ == "_OneDNNLinearBackward"
 
 
 def test_linear_is_an_nn_linear_with_the_same_state_dict():
