@@ -78,7 +78,7 @@ def markdown(prof, per: int, unit: str, rows: int) -> str:
         name = e.key if len(e.key) <= 60 else e.key[:57] + "..."
         lines.append(
             f"| `{name}` | {100 * e.self_cpu_time_total / total:.1f} | {e.self_cpu_time_total / per / 1000:.3f} "
-            f"| {e.count / per:g} |"
+            f"| {e.count / per:.3g} |"
         )
     return "\n".join(lines)
 

@@ -226,12 +226,16 @@ def main(args: Args) -> None:
 
 
 def _command(args: Args) -> str:
-    defaults = Args()
-    extra = [
-        f"--{f.name.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
-        for f in dataclasses.fields(Args)
-        if (v := getattr(args, f.name)) != getattr(defaults, f.name) and f.name != "write_doc"
-    ]
+    """The command line that reproduces ``args`` (only what differs from the defaults), as tyro spells it."""
+    defaults, extra = Args(), []
+    for f in dataclasses.fields(Args):
+        v, flag = getattr(args, f.name), f.name.replace("_", "-")
+        if v == getattr(defaults, f.name) or f.name == "write_doc":
+            continue
+        if isinstance(v, bool):
+            extra.append(f"--{flag}" if v else f"--no-{flag}")
+        else:
+            extra.append(f"--{flag} {' '.join(map(str, v)) if isinstance(v, tuple) else v}")
     return " ".join(["python -m benchmarks.train_step", *extra])
 
 
