@@ -12,7 +12,8 @@ that the default path won (a 768×128 by 128×65 output head took 0.80× the tim
 from about 768×128 by 128×384 on, oneDNN was as fast or faster: benchmarks in BENCHMARKS.md).
 Forward and the input gradient go through oneDNN, the weight gradient through ``torch.mm`` (it was
 faster there). Inference (no autograd), autocast, other dtypes and devices, and code being
-compiled by ``torch.compile`` use ``F.linear`` as before.
+compiled by ``torch.compile`` use ``F.linear`` as before. The oneDNN path has a first derivative
+only (no double backward); a gradient-of-gradient computation needs ``LMLAB_ONEDNN=0``.
 """
 
 from __future__ import annotations
