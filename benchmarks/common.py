@@ -145,7 +145,7 @@ def alternate(
         for _ in range(warmup):
             t = time.perf_counter()
             fn()
-        slowest = max(slowest, time.perf_counter() - t)
+            slowest = max(slowest, time.perf_counter() - t)
     if round_seconds > 0 and slowest > 0:
         steps = max(steps, math.ceil(round_seconds / slowest))
     names = list(contenders)

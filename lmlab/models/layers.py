@@ -47,11 +47,12 @@ def lm_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Te
 def _fused_attention_pays(q: Tensor) -> bool:
     """Whether PyTorch's fused kernel beats the explicit matmul-softmax-matmul path below.
 
-    It does everywhere except in bf16/fp16 on CPU, where the fused (flash) kernel ran 2-4x slower
-    than the explicit path at our training shapes (forward + backward, torch 2.13 on an AVX512-BF16
-    CPU; see BENCHMARKS.md), so there the explicit path is taken: same math, same result.
+    It does everywhere except in bf16 on CPU, where the fused (flash) kernel ran 2-4x slower than
+    the explicit path at our training shapes (forward + backward, torch 2.13 on an AVX512-BF16 CPU;
+    see BENCHMARKS.md), so there the explicit path is taken: the same attention, rounded differently.
+    (fp16 keeps the fused kernel: the explicit path scales after Q Kᵀ, which can overflow in fp16.)
     """
-    return q.device.type != "cpu" or q.dtype == torch.float32 or q.dtype == torch.float64
+    return q.device.type != "cpu" or q.dtype != torch.bfloat16
 
 
 def scaled_dot_product_attention(
@@ -92,6 +93,8 @@ def scaled_dot_product_attention(
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     weights = scores.softmax(dim=-1)
+    if attn_mask is not None:  # a query that may see no key gets zeros (as the fused kernel gives), not NaN
+        weights = weights.masked_fill(~attn_mask.any(dim=-1, keepdim=True), 0.0)
     dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
     return dropped @ v, weights  # (B, H, T_q, D)
 

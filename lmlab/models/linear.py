@@ -12,8 +12,9 @@ that the default path won (a 768×128 by 128×65 output head took 0.80× the tim
 from about 768×128 by 128×384 on, oneDNN was as fast or faster: benchmarks in BENCHMARKS.md).
 Forward and the input gradient go through oneDNN, the weight gradient through ``torch.mm`` (it was
 faster there). Inference (no autograd), autocast, other dtypes and devices, and code being
-compiled by ``torch.compile`` use ``F.linear`` as before. The oneDNN path has a first derivative
-only (no double backward); a gradient-of-gradient computation needs ``LMLAB_ONEDNN=0``.
+compiled by ``torch.compile``, ``torch.func`` transforms and forward-mode AD use ``F.linear`` as
+before. The oneDNN path has a first derivative only (no double backward); a gradient-of-gradient
+computation needs ``LMLAB_ONEDNN=0``.
 """
 
 from __future__ import annotations
@@ -41,17 +42,27 @@ MIN_MACS = 1 << 25  # rows × in_features × out_features below which F.linear i
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    if not ENABLED or torch.compiler.is_compiling():  # first: compiled code must not guard on the size test
+        return False
     return (
-        ENABLED
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and torch.is_grad_enabled()
         and (x.requires_grad or weight.requires_grad)
         and x.numel() * weight.size(0) >= MIN_MACS
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and not _transformed(x)
+        and not _transformed(weight)
     )
+
+
+def _transformed(t: Tensor) -> bool:
+    """Whether ``t`` is under a torch.func transform (grad, vmap, jacrev...) or carries a forward-mode
+    tangent: the custom function below defines only a backward, so those keep ``F.linear``."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return True
+    return torch.autograd.forward_ad.unpack_dual(t).tangent is not None
 
 
 class _OneDNNLinear(torch.autograd.Function):

@@ -100,6 +100,17 @@ def test_bf16_attention_on_cpu_takes_the_explicit_path_and_agrees_with_fp32(caus
         torch.testing.assert_close(low.grad.float(), high.grad, atol=6e-2, rtol=6e-2)
 
 
+def test_a_query_that_sees_no_key_gets_zeros_on_both_paths():
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 5, 16) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, :, 2, :] = False  # e.g. a caller's all-False padding row
+    fused, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    explicit, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, return_weights=True)
+    assert not explicit.isnan().any() and (explicit[1, :, 2] == 0).all() and (weights[1, :, 2] == 0).all()
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+
+
 def test_attention_mask_causal_offset_and_pads():
     m = attention_mask(2, 5, offset=3, causal=True)  # queries at key slots 3 and 4
     assert m.tolist() == [[True, True, True, True, False], [True] * 5]

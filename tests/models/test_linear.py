@@ -94,6 +94,24 @@ def test_small_gemms_stay_on_f_linear(monkeypatch):
     assert type(big.grad_fn).__name__ == "_OneDNNLinearBackward"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's forward-AD import scripts decompositions
+@pytest.mark.parametrize("transform", ["func.grad", "forward-ad"])
+def test_torch_func_and_forward_ad_get_f_linear(transform):
+    """The custom function defines only a backward; transforms that need more take F.linear."""
+    layer, x = Linear(16, 8), torch.randn(4, 16)
+    if transform == "func.grad":
+        params = dict(layer.named_parameters())
+        g = torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,)).sum())(params)
+        torch.testing.assert_close(g["weight"], torch.ones(4, 8).t() @ x)
+    else:
+        import torch.autograd.forward_ad as fwad
+
+        tangent = torch.randn_like(x)
+        with fwad.dual_level():
+            y = layer(fwad.make_dual(x.requires_grad_(), tangent))
+            torch.testing.assert_close(fwad.unpack_dual(y).tangent, tangent @ layer.weight.t())
+
+
 def test_linear_is_an_nn_linear_with_the_same_state_dict():
     layer = Linear(16, 8)
     assert isinstance(layer, torch.nn.Linear)
