@@ -85,6 +85,7 @@ def scaled_dot_product_attention(
         rep = q.size(1) // k.size(1)
         k = k.repeat_interleave(rep, dim=1)  # (B, H, T_k, D)
         v = v.repeat_interleave(rep, dim=1)
+    given_mask = attn_mask is not None  # the causal pattern alone leaves every query its own key
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, T_q, T_k)
     if is_causal:
         t_q, t_k = scores.shape[-2:]
@@ -93,7 +94,7 @@ def scaled_dot_product_attention(
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     weights = scores.softmax(dim=-1)
-    if attn_mask is not None:  # a query that may see no key gets zeros (as the fused kernel gives), not NaN
+    if given_mask:  # a query that may see no key gets zeros (as the fused kernel gives), not NaN
         weights = weights.masked_fill(~attn_mask.any(dim=-1, keepdim=True), 0.0)
     dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
     return dropped @ v, weights  # (B, H, T_q, D)
