@@ -73,7 +73,8 @@ def scaled_dot_product_attention(
     so use it only when T_q == T_k; build a mask with :func:`attention_mask` otherwise).
 
     Returns (output (B, H, T_q, D), weights (B, H, T_q, T_k) or None). ``return_weights=False``
-    takes PyTorch's fused kernel; ``True`` the explicit path below, which is the definition.
+    takes PyTorch's fused kernel where it is the faster (:func:`_fused_attention_pays`: not bf16 on
+    CPU); ``True``, and bf16 on CPU, the explicit path below, which is the definition.
     """
     gqa = q.size(1) != k.size(1)
     if not return_weights and _fused_attention_pays(q):
