@@ -188,9 +188,12 @@ def run_case(name: str, args: Args, device: torch.device) -> list[dict]:
 
 
 def main(args: Args) -> None:
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    )
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"unknown device {args.device!r}; choose from auto, cpu, cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this machine has no CUDA GPU that PyTorch can use")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     cases = args.cases or DEFAULT_CASES[device.type]
     unknown = [c for c in cases if c not in CASES]
     if unknown:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from benchmarks.common import best_peak, matmul_peaks, print_table, update_section
-from benchmarks.train_step import Args, _command
+from benchmarks.train_step import Args, _command, main
 
 
 def test_update_section_replaces_only_between_its_markers(tmp_path):
@@ -45,3 +48,25 @@ def test_command_line_in_the_doc_names_only_what_differs_from_the_defaults():
     assert _command(Args()) == "python -m benchmarks.train_step"
     cmd = _command(Args(cases=("baby",), compile=True, write_doc=False))
     assert cmd == "python -m benchmarks.train_step --cases baby --compile"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (Args(cases=("babby",)), "unknown case(s) ['babby']; choose from baby, shakespeare-char"),
+        (Args(cases=("baby",), precisions=("fp16",)), "unknown precision(s) ['fp16']; choose from fp32, bf16"),
+        (Args(device="tpu"), "unknown device 'tpu'; choose from auto, cpu, cuda"),
+    ],
+    ids=["case", "precision", "device"],
+)
+def test_bad_arguments_stop_with_one_line_before_any_timing(args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert str(exc.value).startswith(message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(SystemExit) as exc:
+        main(Args(device="cuda"))
+    assert str(exc.value) == "--device cuda: this machine has no CUDA GPU that PyTorch can use"
