@@ -72,11 +72,11 @@ def spans(t0, t1, t2) -> dict[str, float]:
 
 
 def run_lmlab(model, prompts: torch.Tensor, new_tokens: int, seed: int) -> dict[str, float]:
-    from lmlab.generate.engine import stream_ids
-    from lmlab.generate.sampling import SamplingParams
+    from lmlab.generation.engine import stream_ids
+    from lmlab.generation.request import GenerationRequest
 
     t0 = clocks()
-    steps = stream_ids(model, prompts.tolist(), SamplingParams(top_k=50, seed=seed), max_new_tokens=new_tokens)
+    steps = stream_ids(model, prompts.tolist(), GenerationRequest(max_new_tokens=new_tokens, top_k=50, seed=seed))
     next(steps)
     t1 = clocks()
     n = 1 + sum(1 for _ in steps)
@@ -119,10 +119,10 @@ def run_hf(hf, prompts: torch.Tensor, new_tokens: int, seed: int) -> dict[str, f
 
 
 def check_same_tokens(model, hf, prompt: torch.Tensor, n: int = 32) -> bool:
-    from lmlab.generate.engine import generate_ids
-    from lmlab.generate.sampling import SamplingParams
+    from lmlab.generation.engine import generate_ids
+    from lmlab.generation.request import GenerationRequest
 
-    ours = generate_ids(model, prompt.tolist(), SamplingParams(temperature=0), max_new_tokens=n)[0].tokens
+    ours = generate_ids(model, prompt.tolist(), GenerationRequest(max_new_tokens=n, temperature=0))[0].tokens
     theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=n)
     return ours == theirs[0, prompt.shape[1] :].tolist()
 

@@ -67,7 +67,7 @@ ids = tok.encode_batch_fast(pieces, add_special_tokens=False)
 """
 
 LMLAB_BODY = """
-from lmlab.data.prepare import prepare
+from lmlab.api import prepare
 prepare(sys.argv[2], out=sys.argv[3], tokenizer=sys.argv[1], vocab_size=int(sys.argv[4]), quiet=True, overwrite=True)
 """
 

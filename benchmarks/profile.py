@@ -20,10 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import machine_line, update_section
 from lmlab.config import get_preset
-from lmlab.generate.engine import generate_ids
-from lmlab.generate.sampling import SamplingParams
+from lmlab.generation.engine import generate_ids
+from lmlab.generation.request import GenerationRequest
 from lmlab.models import build_model
-from lmlab.train.optim import make_adamw
+from lmlab.training.optim import make_adamw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,10 +57,10 @@ def decode_profile(new_tokens: int):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     prompt = [torch.randint(7, 72, (16,)).tolist()]
-    params = SamplingParams(top_k=50, seed=0)
-    generate_ids(model, prompt, params, max_new_tokens=16)  # warm-up
+    request = GenerationRequest(max_new_tokens=new_tokens, top_k=50, seed=0)
+    generate_ids(model, prompt, request.replace(max_new_tokens=16))  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate_ids(model, prompt, params, max_new_tokens=new_tokens)
+        generate_ids(model, prompt, request)
     return prof, new_tokens
 
 

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from lmlab import runtime
+from lmlab.api import prepare
 from lmlab.config import TrainConfig, get_preset, preset_train_config
-from lmlab.data.loader import load_dataset
-from lmlab.data.prepare import prepare
+from lmlab.data.dataset import load_dataset
 from lmlab.models import build_model
-from lmlab.train.optim import make_adamw
-from lmlab.train.trainer import LMTask, Trainer
+from lmlab.objectives.lm import LanguageModeling
+from lmlab.training.optim import make_adamw
+from lmlab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "shakespeare" / "input.txt"
@@ -64,9 +65,8 @@ def loop_steps(data: Path, model_cfg, cfg: TrainConfig, steps: int, workdir: Pat
     runtime.seed_everything(0)
     model = build_model(model_cfg)
     cfg = dataclasses.replace(cfg, max_steps=steps + 5, warmup_steps=10)
-    trainer = Trainer(
-        model, LMTask(ds, model_cfg.block_size), cfg, run_dir, runtime.setup("cpu", "fp32"), tokenizer=ds.tokenizer
-    )
+    objective = LanguageModeling(ds, model_cfg.block_size, ds.tokenizer)
+    trainer = Trainer(model, objective, cfg, run_dir, runtime.setup("cpu", "fp32"))
     runtime.peak_flops("cpu", "fp32")  # measured once per process; keep it out of the timed region
     t0 = time.perf_counter()
     trainer.fit()

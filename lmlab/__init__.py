@@ -1,7 +1,8 @@
 """lmlab: build language models from scratch and put them to work.
 
 The public API mirrors the CLI: each verb ``lmlab VERB`` is a function ``lmlab.VERB(...)`` with
-the same options. Names are imported lazily so that ``import lmlab`` (and the CLI) start fast.
+the same options, defined in ``lmlab.api``. Names are imported lazily so that ``import lmlab`` (and
+the CLI) start fast.
 """
 
 from __future__ import annotations
@@ -13,28 +14,37 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    # the verbs (lmlab.api)
+    "prepare": "lmlab.api",
+    "train": "lmlab.api",
+    "load": "lmlab.api",
+    "plot": "lmlab.api",
+    "generate": "lmlab.api",
+    "stream": "lmlab.api",
+    "translate": "lmlab.api",
+    "evaluate": "lmlab.api",
+    "attention": "lmlab.api",
+    "import_hf": "lmlab.api",
+    "export_hf": "lmlab.api",
+    # the types they take and return
     "LmlabError": "lmlab.errors",
     "ModelConfig": "lmlab.config",
+    "TrainConfig": "lmlab.config",
     "Preset": "lmlab.config",
     "get_preset": "lmlab.config",
     "preset_names": "lmlab.config",
     "PrepareConfig": "lmlab.data.prepare",
-    "prepare": "lmlab.data.prepare",
     "Tokenizer": "lmlab.data.tokenizer",
     "load_tokenizer": "lmlab.data.tokenizer",
+    "load_dataset": "lmlab.data.dataset",
     "BatchLoader": "lmlab.data.loader",
-    "load_dataset": "lmlab.data.loader",
-    "load": "lmlab.runs",
-    "TrainConfig": "lmlab.config",
-    "train": "lmlab.train.trainer",
-    "Trainer": "lmlab.train.trainer",
-    "plot": "lmlab.train.plot",
     "Run": "lmlab.runs",
-    "generate": "lmlab.generate.engine",
-    "stream": "lmlab.generate.engine",
-    "SamplingParams": "lmlab.generate.sampling",
-    "translate": "lmlab.translation",
-    "evaluate": "lmlab.evaluation",
+    "lineage": "lmlab.runs",
+    "Trainer": "lmlab.training.trainer",
+    "Objective": "lmlab.objectives.base",
+    "LossOut": "lmlab.objectives.base",
+    "SamplingParams": "lmlab.generation.sampling",
+    "GenerationRequest": "lmlab.generation.request",
 }
 
 

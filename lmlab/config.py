@@ -165,7 +165,7 @@ def list_presets() -> list[Preset]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The presets. Training fields are names of the training config (lmlab.train); the values follow
+# The presets. Training fields are names of the training config (lmlab.train()); the values follow
 # the published recipes the presets are named after.
 register_preset(
     Preset(

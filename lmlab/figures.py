@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from lmlab.io import atomic_path
 
 
 def pyplot() -> Any:
@@ -22,11 +23,9 @@ def save_png(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path

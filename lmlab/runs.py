@@ -3,22 +3,25 @@
 RUN/config.json      {"model": ModelConfig, "train": ..., "data": ...}
 RUN/tokenizer.json   copied from the dataset
 RUN/metrics.jsonl    one JSON object per logged step
-RUN/checkpoints/     see lmlab.train.checkpoint
+RUN/checkpoints/     see lmlab.checkpoint
+
+A run started from another run's weights records it in config.json as ``parent`` (run, checkpoint,
+weights sha256, objective); ``lineage`` follows those links back to the first run (base → sft → dpo …).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmlab import checkpoint as ckpt
+from lmlab import io
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
-from lmlab.train import checkpoint as ckpt
 
 
 @dataclass
@@ -31,20 +34,6 @@ class Run:
     config: dict[str, Any]
     checkpoint: Path
     state: dict[str, Any] = field(default_factory=dict)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -72,7 +61,7 @@ def save_run(
     """Write a run directory holding ``model`` as checkpoint ``step`` (used by import-hf and by tests)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"model": model.config.to_dict(), **(extra_config or {})})
+    io.write_json(run_dir / "config.json", {"model": model.config.to_dict(), **(extra_config or {})})
     if tokenizer is not None:
         tokenizer.save(run_dir / "tokenizer.json")
     root = run_dir / "checkpoints"
@@ -106,3 +95,28 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch
 
         tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     return Run(run_dir, model, tokenizer, cfg, path, ckpt.read_state(path))
+
+
+def lineage(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The chain of runs that ``run_dir`` descends from, itself first: one entry per run with its path,
+    objective and (but for the first run) the parent checkpoint it started from. A parent that is gone ends
+    the chain with ``"missing": True``."""
+    chain: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    path: Path | None = Path(run_dir)
+    while path is not None:
+        key = path.resolve()
+        if key in seen:  # a hand-edited config could point back at a descendant
+            break
+        seen.add(key)
+        if not (path / "config.json").is_file():
+            chain.append({"run": str(path), "missing": True})
+            break
+        cfg = read_config(path)
+        entry: dict[str, Any] = {"run": str(path), "objective": cfg.get("objective")}
+        parent = cfg.get("parent")
+        if parent:
+            entry["parent_checkpoint"] = parent.get("checkpoint")
+        chain.append(entry)
+        path = Path(parent["run"]) if parent else None
+    return chain

@@ -10,12 +10,14 @@ import torch
 
 # One thread per test process: pytest-xdist already runs one process per core, and tiny models gain
 # nothing from intra-op threads (on a busy 2-core machine two threads made some tests ~100x slower).
+# The golden losses (tests/training/test_golden_losses.py) are pinned with one thread too.
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "shakespeare" / "input.txt"
 GUTENBERG = SHARED_DATA / "gutenberg"
+EN_FR = SHARED_DATA / "translation" / "eng-fra.tsv"
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +28,14 @@ def _no_network(monkeypatch):
         raise AssertionError("tests must not use the network")
 
     monkeypatch.setattr(socket.socket, "connect", guard)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Put back one thread if a test (or the code it ran) changed the count, so the next tests do not pay for it."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +59,28 @@ def gutenberg() -> Path:
 @pytest.fixture(scope="session")
 def shakespeare_char(tmp_path_factory, shakespeare) -> Path:
     """tiny Shakespeare prepared once with the char tokenizer, shared by tests that only read it."""
-    from lmlab.data.prepare import prepare
+    from lmlab.api import prepare
 
     out = tmp_path_factory.mktemp("data") / "shakespeare-char"
     prepare(str(shakespeare), out=str(out), quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory) -> Path:
+    """Every 25th line of eng-fra.tsv (about 3,000 pairs of every length; the file is sorted by length)."""
+    assert EN_FR.is_file(), f"tests need the shared data: {EN_FR} is missing"
+    lines = EN_FR.read_text(encoding="utf-8").splitlines(keepends=True)[::25]
+    path = tmp_path_factory.mktemp("pairs") / "en-fr.tsv"
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def en_fr(tmp_path_factory, pairs_file) -> Path:
+    """The slice prepared with a joint BPE of 600 tokens, shared by tests that only read it."""
+    from lmlab.api import prepare
+
+    out = tmp_path_factory.mktemp("data") / "en-fr"
+    prepare(str(pairs_file), out=str(out), task="translation", tokenizer="bpe", vocab_size=600, quiet=True)
     return out

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lmlab.__main__ import VERBS, main
+from lmlab.cli import VERBS, main
 from lmlab.config import get_preset
 from lmlab.errors import LmlabError
 

@@ -1,87 +1,59 @@
-"""Batches of (inputs, targets) windows from a prepared dataset's memory-mapped token shards.
+"""Batch loaders: endless, resumable streams of training batches from a prepared dataset's token files.
 
-A split of N tokens is cut into non-overlapping windows of ``block_size + 1`` tokens (inputs and
-targets shifted by one share all but one token). Each epoch visits every window once: in a seeded
-random order with a random offset (``shuffle=True``, for training) or in file order from offset 0
-(``shuffle=False``, for evaluation). Rank r of W takes every W-th window of the epoch's order, so
-ranks read disjoint data and all have the same number of batches. Everything about the stream is a
-function of (seed, epoch, batch index), which makes the cursor two integers that restore exactly.
+``BatchLoader`` (language modeling): a split of N tokens is cut into non-overlapping windows of
+``block_size + 1`` tokens (inputs and targets shifted by one share all but one token). Each epoch visits
+every window once: in a seeded random order with a random offset (``shuffle=True``, for training) or in
+file order from offset 0 (``shuffle=False``, for evaluation).
+
+``PairLoader`` (translation): batches of padded (source, target) pairs of similar length.
+
+Rank r of W takes every W-th item of the epoch's order, so ranks read disjoint data and all have the same
+number of batches. Everything about a stream is a function of (seed, epoch, batch index), so its position is
+a ``Cursor`` (``lmlab.data.cursor``) of two integers that restores exactly.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from lmlab.data.cursor import Cursor
+from lmlab.data.dataset import SplitTokens
 from lmlab.errors import LmlabError
 
-SPLITS = ("train", "val")
+POOL_BATCHES = 100  # batches whose pairs are sorted by length together: little padding, still a random mix
 
 
-@dataclass
-class Dataset:
-    """A prepared dataset directory: ``meta.json``, ``tokenizer.json`` and one ``.bin`` shard per split."""
+class Loader:
+    """What every loader shares: it is its own iterator, and its position is its ``cursor``."""
 
-    path: Path
-    meta: dict[str, Any]
+    cursor: Cursor
+
+    def __iter__(self) -> Loader:
+        return self
+
+    def __next__(self) -> Any:
+        raise NotImplementedError
 
     @property
-    def vocab_size(self) -> int:
-        return int(self.meta["vocab_size"])
+    def batches_per_epoch(self) -> int:
+        return self.cursor.batches_per_epoch
 
     @property
-    def task(self) -> str:
-        return self.meta.get("task", "lm")
+    def epoch(self) -> int:
+        return self.cursor.epoch
 
-    @cached_property
-    def tokenizer(self):
-        from lmlab.data.tokenizer import load_tokenizer
+    def state_dict(self) -> dict[str, Any]:
+        return self.cursor.state_dict()
 
-        return load_tokenizer(self.path / "tokenizer.json")
-
-    def tokens(self, split: str) -> np.ndarray:
-        """The split's tokens, memory-mapped (nothing is read until indexed)."""
-        if split not in SPLITS:
-            raise LmlabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        path = self.path / f"{split}.bin"
-        if not path.is_file():
-            raise LmlabError(f"{path} is missing; prepare the dataset again with lmlab prepare")
-        dtype = np.dtype(self.meta["dtype"])
-        expected = self.meta.get("splits", {}).get(split, {}).get("tokens")
-        if expected is not None and path.stat().st_size != expected * dtype.itemsize:
-            raise LmlabError(
-                f"{path} has {path.stat().st_size} bytes but meta.json promises {expected} {dtype.name} tokens; "
-                "the dataset is damaged: prepare it again"
-            )
-        if path.stat().st_size == 0:
-            return np.zeros(0, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r")
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor.load_state_dict(state)
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    """Open a dataset directory written by ``lmlab prepare``."""
-    path = Path(path)
-    meta_path = path / "meta.json"
-    if not path.is_dir():
-        raise LmlabError(f"dataset directory {path} not found; create it with: lmlab prepare SOURCE --out {path}")
-    if not meta_path.is_file():
-        raise LmlabError(f"{path} is not an lmlab dataset (no meta.json); create one with lmlab prepare")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        for key in ("vocab_size", "dtype"):
-            meta[key]  # noqa: B018 - presence check
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise LmlabError(f"{meta_path} is damaged ({type(e).__name__}: {e}); prepare the dataset again") from None
-    return Dataset(path, meta)
-
-
-class BatchLoader:
+class BatchLoader(Loader):
     """Yields ``(inputs, targets)`` LongTensors of shape (batch_size, block_size), forever (epoch after epoch)."""
 
     def __init__(
@@ -99,8 +71,6 @@ class BatchLoader:
     ):
         if batch_size < 1 or block_size < 1:
             raise LmlabError(f"batch_size and block_size must be at least 1, got {batch_size} and {block_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.tokens = tokens
         self.batch_size = batch_size
         self.block_size = block_size
@@ -113,30 +83,33 @@ class BatchLoader:
         # the fewest windows any epoch can have (the random offset can cost one window)
         n = len(tokens)
         min_windows = (n - 1 - (block_size - 1 if shuffle else 0)) // block_size
-        self.batches_per_epoch = max(0, min_windows // world_size) // batch_size
-        if self.batches_per_epoch == 0:
-            per_rank = f" per rank ({world_size} ranks)" if world_size > 1 else ""
-            raise LmlabError(
-                f"the {name} split has {n:,} tokens: fewer than one batch of {batch_size} windows of "
-                f"block_size+1 = {block_size + 1} tokens{per_rank}; use a smaller batch size or block size, "
-                "or more data"
-            )
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        per_rank = f" per rank ({world_size} ranks)" if world_size > 1 else ""
+        self.cursor = Cursor(
+            name,
+            max(0, min_windows // world_size) // batch_size,
+            rank=rank,
+            world_size=world_size,
+            identity={
+                "seed": seed,
+                "shuffle": shuffle,
+                "batch_size": batch_size,
+                "block_size": block_size,
+                "num_tokens": n,
+            },  # fmt: skip
+            empty=f"the {name} split has {n:,} tokens: fewer than one batch of {batch_size} windows of "
+            f"block_size+1 = {block_size + 1} tokens{per_rank}; use a smaller batch size or block size, or more data",
+        )
         self._order_epoch = -1
         self._order: np.ndarray | None = None
         self._offset = 0
         self._span = np.arange(block_size + 1)
 
-    def __iter__(self) -> BatchLoader:
-        return self
-
-    def _epoch_order(self) -> None:
-        if self._order_epoch == self.epoch:
+    def _epoch_order(self, epoch: int) -> None:
+        if self._order_epoch == epoch:
             return
         n, T = len(self.tokens), self.block_size
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
+            rng = np.random.default_rng([self.seed, epoch])
             self._offset = int(rng.integers(0, T))
             windows = (n - 1 - self._offset) // T
             order = rng.permutation(windows)
@@ -145,17 +118,13 @@ class BatchLoader:
             order = np.arange((n - 1) // T)
         per_rank = self.batches_per_epoch * self.batch_size
         self._order = order[self.rank :: self.world_size][:per_rank]
-        self._order_epoch = self.epoch
+        self._order_epoch = epoch
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.batch_in_epoch >= self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-        self._epoch_order()
+        epoch, b = self.cursor.advance()
+        self._epoch_order(epoch)
         assert self._order is not None
-        b = self.batch_in_epoch
         starts = self._offset + self._order[b * self.batch_size : (b + 1) * self.batch_size] * self.block_size
-        self.batch_in_epoch += 1
         # one fancy-index read from the memmap: (B, T+1)
         window = torch.from_numpy(self.tokens[starts[:, None] + self._span].astype(np.int64))
         x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()
@@ -163,34 +132,132 @@ class BatchLoader:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
-    # -- the cursor --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, int | bool]:
-        """Where the stream is, plus what it depends on (checked on restore)."""
-        return {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "batch_size": self.batch_size,
-            "block_size": self.block_size,
-            "num_tokens": len(self.tokens),
-        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        restore_cursor(self, state)
+class PairBatch(NamedTuple):
+    """A batch of pairs, right-padded: what ``Seq2Seq.forward`` takes."""
+
+    src: torch.Tensor  # (B, S) source tokens + EOS, then PAD
+    src_mask: torch.Tensor  # (B, S) True = real source token
+    tgt_in: torch.Tensor  # (B, T) BOS + target, then PAD: the decoder input
+    tgt_out: torch.Tensor  # (B, T) target + EOS, then -100: what each position predicts
 
 
-def restore_cursor(loader: Any, state: dict[str, Any]) -> None:
-    """Move ``loader`` to the saved (epoch, batch) after checking that everything else its
-    ``state_dict()`` records (seed, order, rank, sizes, data length) is unchanged."""
-    mine = loader.state_dict()
-    for key, value in mine.items():
-        if key not in ("epoch", "batch_in_epoch") and state.get(key) != value:
-            raise LmlabError(
-                f"cannot restore the {loader.name} data cursor: {key} was {state.get(key)} and is now {value}; "
-                "resume with the same dataset, batch size, block size, seed and number of processes"
-            )
-    loader.epoch = int(state["epoch"])
-    loader.batch_in_epoch = int(state["batch_in_epoch"])
+def collate(
+    srcs: Sequence[Sequence[int]],
+    tgts: Sequence[Sequence[int]],
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int,
+    device: str | torch.device = "cpu",
+) -> PairBatch:
+    """Pad token lists into a :class:`PairBatch`; each side is cut to ``max_len`` tokens (EOS/BOS included)."""
+    B = len(srcs)
+    src_rows = [list(s[: max_len - 1]) + [eos_id] for s in srcs]
+    tgt_rows = [list(t[: max_len - 1]) for t in tgts]
+    S = max(len(r) for r in src_rows)
+    T = max(len(r) for r in tgt_rows) + 1
+    src = torch.full((B, S), pad_id, dtype=torch.long)
+    tgt_in = torch.full((B, T), pad_id, dtype=torch.long)
+    tgt_out = torch.full((B, T), -100, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(src_rows, tgt_rows)):
+        src[i, : len(s)] = torch.tensor(s)
+        tgt_in[i, : len(t) + 1] = torch.tensor([bos_id, *t])
+        tgt_out[i, : len(t) + 1] = torch.tensor([*t, eos_id])
+    src_mask = torch.arange(S)[None, :] < torch.tensor([len(s) for s in src_rows])[:, None]
+    device = torch.device(device)
+    return PairBatch(*(x.to(device) for x in (src, src_mask, tgt_in, tgt_out)))
+
+
+class PairLoader(Loader):
+    """Yields :class:`PairBatch` es of ``batch_size`` pairs forever, epoch after epoch.
+
+    Each epoch takes the pairs in a seeded random order (``shuffle=True``) or in file order, cuts the
+    order into pools of POOL_BATCHES batches, sorts each pool by length (so a batch holds pairs of
+    similar length and little padding) and visits the batches in a random order (seeded by the seed and
+    epoch when shuffling, fixed otherwise). Rank r of W takes every W-th batch. Everything is a function
+    of (seed, epoch, batch index), so the cursor is two integers and a resumed run sees exactly the
+    batches it would have seen.
+    """
+
+    def __init__(
+        self,
+        tokens: SplitTokens,
+        batch_size: int,
+        max_len: int,
+        *,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        name: str = "train",
+    ) -> None:
+        if batch_size < 1 or max_len < 2:
+            raise LmlabError(f"batch_size must be >= 1 and block_size >= 2, got {batch_size} and {max_len}")
+        self.tokens = tokens
+        self.batch_size, self.max_len = batch_size, max_len
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.device = torch.device(device)
+        self.name = name
+        n = len(tokens)
+        per_rank = f" per rank ({world_size} ranks)" if world_size > 1 else ""
+        self.cursor = Cursor(
+            name,
+            (n // batch_size) // world_size,
+            rank=rank,
+            world_size=world_size,
+            identity={
+                "seed": seed,
+                "shuffle": shuffle,
+                "batch_size": batch_size,
+                "block_size": max_len,
+                "num_pairs": n,
+            },  # fmt: skip
+            empty=f"the {name} split has {n:,} pairs: fewer than one batch of {batch_size}{per_rank}; "
+            "use a smaller --train.batch-size or more data",
+        )
+        src_len = np.diff(np.asarray(tokens.src_offsets))
+        tgt_len = np.diff(np.asarray(tokens.tgt_offsets))
+        # sort key: longer side first, then the other side, so both paddings stay small
+        self._length_key = np.maximum(src_len, tgt_len) * (int(tgt_len.max(initial=0)) + 1) + np.minimum(
+            src_len, tgt_len
+        )
+        self._plan_epoch = -1
+        self._plan: np.ndarray | None = None  # (batches_per_epoch, batch_size) pair indices for this rank
+
+    def _make_plan(self, epoch: int) -> None:
+        if self._plan_epoch == epoch:
+            return
+        n, B = len(self.tokens), self.batch_size
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        order = order[: n // B * B]  # the last partial batch waits for another epoch's shuffle
+        pool = POOL_BATCHES * B
+        for start in range(0, len(order), pool):
+            chunk = order[start : start + pool]
+            order[start : start + pool] = chunk[np.argsort(self._length_key[chunk], kind="stable")]
+        batches = order.reshape(-1, B)
+        # batches in random order: a new one each epoch when shuffling; else a fixed one, so that the first
+        # eval_steps batches of the validation split are a fair sample of every length at every evaluation
+        batches = batches[(rng or np.random.default_rng(0)).permutation(len(batches))]
+        self._plan = batches[self.rank :: self.world_size][: self.batches_per_epoch]
+        self._plan_epoch = epoch
+
+    def __next__(self) -> PairBatch:
+        epoch, b = self.cursor.advance()
+        self._make_plan(epoch)
+        assert self._plan is not None
+        idx = self._plan[b]
+        t = self.tokens
+        srcs = [t.src[t.src_offsets[i] : t.src_offsets[i + 1]].tolist() for i in idx]
+        tgts = [t.tgt[t.tgt_offsets[i] : t.tgt_offsets[i + 1]].tolist() for i in idx]
+        return collate(
+            srcs, tgts, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id, max_len=self.max_len,
+            device=self.device,
+        )  # fmt: skip

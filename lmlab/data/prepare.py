@@ -1,4 +1,4 @@
-"""`lmlab prepare`: text files or a named dataset -> a dataset directory of token shards.
+"""Text files or a named dataset -> a dataset directory of token shards (``lmlab prepare``, ``lmlab.prepare``).
 
     DATA/train.bin   tokens of the training split, uint16 or uint32, documents separated by <|eos|>
     DATA/val.bin     tokens of the validation split
@@ -14,13 +14,9 @@ into place at the end, so a failure or Ctrl-C never leaves a partial dataset beh
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import hashlib
-import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -33,10 +29,14 @@ import tyro
 
 from lmlab import __version__
 from lmlab.data import tokenizer as toklib
+from lmlab.data.formats.pairs import SPLITS as PAIR_SPLITS
+from lmlab.data.formats.pairs import read_pairs, source_key, split_pairs
 from lmlab.data.sources import resolve_source
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.io import atomic_dir, write_json
 
 BLOCK_BYTES = 1 << 14  # read files in 16 KiB blocks cut at the last newline: small pieces balance encode_batch best
+MAX_REPORTED_LINES = 10  # malformed pair lines named in a warning or error
 LINE_SEARCH_BYTES = 1 << 20  # how far to look for a line end at the train/val cut
 BATCH_BYTES = 8 << 20  # encode this much text per encode_batch call: hundreds of pieces keep every core busy
 
@@ -100,32 +100,9 @@ class PreparedDataset:
     meta: dict[str, Any]
 
 
-def prepare(config: PrepareConfig | str | None = None, /, **fields: Any) -> PreparedDataset:
-    """Tokenize a corpus into a dataset directory; arguments are those of ``PrepareConfig`` (and of the CLI).
-
-    ``lmlab.prepare("shakespeare", tokenizer="bpe", vocab_size=2048, source_file="input.txt")``
-    """
-    if isinstance(config, str):
-        cfg = PrepareConfig(source=config, **fields)
-    elif config is None:
-        cfg = PrepareConfig(**fields)
-    else:
-        cfg = dataclasses.replace(config, **fields) if fields else config
-    return _run(cfg)
-
-
-def cli(argv: list[str]) -> None:
-    cfg = tyro.cli(PrepareConfig, args=argv, prog="lmlab prepare", description=PrepareConfig.__doc__)
-    prepare(cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _run(cfg: PrepareConfig) -> PreparedDataset:
+def run(cfg: PrepareConfig) -> PreparedDataset:
+    """Build the dataset directory ``cfg`` describes (``lmlab.prepare`` is the keyword-argument front)."""
     if cfg.task == "translation":
-        from lmlab.data.translation import prepare_translation
-
         return prepare_translation(cfg)
     if cfg.task != "lm":
         raise LmlabError(f"--task: unknown value {cfg.task!r}; choose lm or translation")
@@ -144,10 +121,7 @@ def _run(cfg: PrepareConfig) -> PreparedDataset:
     except OSError as e:
         raise LmlabError(f"cannot create {out.parent}: {e.strerror}") from None
     segments, unit = plan_split(files, cfg.val_fraction, cfg.seed)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         if existing is not None:
             tok = existing
         else:
@@ -166,11 +140,7 @@ def _run(cfg: PrepareConfig) -> PreparedDataset:
                 )
         tok.save(tmp / "tokenizer.json")
         meta = _meta(cfg, name, tok, dtype, counts, hashes, files, segments, unit)
-        _write_json(tmp / "meta.json", meta)
-        _fsync_dir_files(tmp)
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / "meta.json", meta)
     if not cfg.quiet:
         elapsed = time.perf_counter() - t0
         mb = sum(s.end - s.start for s in segments) / 1e6
@@ -412,22 +382,143 @@ def _meta(cfg, name, tok, dtype, counts, hashes, files, segments, unit) -> dict[
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+# ---------------------------------------------------------------------------------------------
+# --task translation: tab-separated sentence pairs
+#
+#     DATA/{train,val,test}.src.bin   source tokens of every pair, concatenated (uint16 or uint32)
+#     DATA/{train,val,test}.src.idx   int64 offsets (pairs + 1): pair i is bin[idx[i]:idx[i+1]]
+#     DATA/{train,val,test}.tgt.bin   target tokens, the same way
+#     DATA/{train,val,test}.tgt.idx
+#     DATA/{train,val,test}.tsv       the pairs as text (source TAB target): references for lmlab eval
+#     DATA/tokenizer.json             the joint tokenizer, or the target's with --separate-tokenizers
+#     DATA/tokenizer.src.json         the source's, with --separate-tokenizers
+#     DATA/meta.json                  "task": "translation", vocabularies, split sizes, malformed lines
+#
+# Token files hold the sentences without BOS/EOS; the loader adds them. The split is leak-free by source
+# sentence (lmlab.data.formats.pairs.split_pairs).
 
 
-def _fsync_dir_files(d: Path) -> None:
-    for p in d.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+def prepare_translation(cfg: PrepareConfig) -> PreparedDataset:
+    """Build a translation dataset directory from ``cfg`` (a ``PrepareConfig`` with ``task="translation"``)."""
+    t0 = time.perf_counter()
+    columns = tuple(cfg.columns)
+    if len(columns) != 2 or min(columns) < 0 or columns[0] == columns[1]:
+        raise LmlabError(f"--columns takes two different 0-based column numbers (source target), got {columns}")
+    if not 0.0 < cfg.test_fraction < 1.0 or cfg.val_fraction + cfg.test_fraction >= 1.0:
+        raise LmlabError(
+            f"--test-fraction must be in (0, 1) and leave room for training with --val-fraction, "
+            f"got test {cfg.test_fraction}, val {cfg.val_fraction}"
+        )
+    name, files = resolve_source(cfg.source, cfg.source_file)
+    for path in files:
+        _check_text_file(path)
+    kind, existing = _tokenizer_choice(cfg.tokenizer)
+    if existing is not None and cfg.separate_tokenizers:
+        raise LmlabError("--separate-tokenizers trains two tokenizers: give a kind (bpe, char, word) as --tokenizer")
+    if existing is None:
+        toklib.check_vocab_size(kind, cfg.vocab_size)
+    out = Path(cfg.out) if cfg.out else Path("data") / f"{name}-{kind if existing is None else 'custom'}"
+    if out.exists() and not cfg.overwrite:
+        raise LmlabError(f"output directory {out} exists; pass --overwrite to replace it or choose --out")
+
+    read = read_pairs(files, columns, cfg.encoding, cfg.errors)
+    if read.malformed:
+        shown = "; ".join(read.malformed[:MAX_REPORTED_LINES])
+        more = (
+            f" and {len(read.malformed) - MAX_REPORTED_LINES} more" if len(read.malformed) > MAX_REPORTED_LINES else ""
+        )
+        if cfg.strict:
+            raise LmlabError(
+                f"{len(read.malformed)} malformed pair line(s) ({shown}{more}); fix them, or drop --strict to skip them"
+            )
+        print(
+            f"warning: skipped {len(read.malformed)} malformed pair line(s): {shown}{more} (--strict refuses them)",
+            file=sys.stderr,
+        )
+    if not read.pairs:
+        raise LmlabError(f"{cfg.source} has no sentence pairs (tab-separated source and target per line)")
+    splits = split_pairs(read.pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LmlabError(f"cannot create {out.parent}: {e.strerror}") from None
+    with atomic_dir(out) as tmp:
+        src_tok, tgt_tok = _tokenizers(kind, existing, splits, read.pairs, cfg)
+        dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 2**16 else np.uint32
+        counts = {split: _write_split(tmp, split, splits[split], src_tok, tgt_tok, dtype) for split in PAIR_SPLITS}
+        tgt_tok.save(tmp / "tokenizer.json")
+        if src_tok is not tgt_tok:
+            src_tok.save(tmp / "tokenizer.src.json")
+        meta = {
+            "lmlab_version": __version__,
+            "task": "translation",
+            "name": name,
+            "vocab_size": tgt_tok.vocab_size,
+            "src_vocab_size": src_tok.vocab_size,
+            "joint_tokenizer": src_tok is tgt_tok,
+            "dtype": np.dtype(dtype).name,
+            "bos_id": tgt_tok.bos_id,
+            "eos_id": tgt_tok.eos_id,
+            "pad_id": tgt_tok.pad_id,
+            "tokenizer": tgt_tok.describe(),
+            "src_tokenizer": src_tok.describe(),
+            "columns": list(columns),
+            "splits": counts,
+            "split": {
+                "unit": "source sentence",
+                "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.test_fraction,
+                "seed": cfg.seed,
+            },
+            "malformed": {"count": len(read.malformed), "lines": read.malformed[:100]},
+            "sources": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": read.sha256[p]} for p in files],
+            "encoding": cfg.encoding,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json(tmp / "meta.json", meta)
+    if not cfg.quiet:
+        vocab = (
+            f"joint {tgt_tok.kind} vocab {tgt_tok.vocab_size}"
+            if src_tok is tgt_tok
+            else f"{src_tok.kind} vocabs {src_tok.vocab_size} (source) / {tgt_tok.vocab_size} (target)"
+        )
+        sizes = ", ".join(f"{s} {counts[s]['pairs']:,} pairs" for s in PAIR_SPLITS)
+        print(f"prepared {out}: {vocab}; {sizes} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return PreparedDataset(out, meta)
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished directory into place; an existing one (--overwrite) is swapped out, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _tokenizers(kind, existing, splits, all_pairs, cfg) -> tuple[toklib.Tokenizer, toklib.Tokenizer]:
+    """(source, target) tokenizers: the same object when joint. Trained on the training split only,
+    except char vocabularies, which take every character so that none is unknown at test time."""
+    if existing is not None:
+        return existing, existing
+    pairs = all_pairs if kind == "char" else splits["train"]
+
+    def train(texts: list[str]) -> toklib.Tokenizer:
+        if kind == "char":
+            return toklib.train_char(texts)
+        fn = toklib.train_bpe if kind == "bpe" else toklib.train_word
+        return fn(texts, cfg.vocab_size, cfg.min_frequency)
+
+    if cfg.separate_tokenizers:
+        return train([s for s, _ in pairs]), train([t for _, t in pairs])
+    joint = train([s for s, _ in pairs] + [t for _, t in pairs])
+    return joint, joint
+
+
+def _write_split(tmp: Path, split: str, pairs, src_tok, tgt_tok, dtype) -> dict[str, int]:
+    counts = {"pairs": len(pairs), "sources": len({source_key(s) for s, _ in pairs})}
+    for side, tok, texts in (("src", src_tok, [s for s, _ in pairs]), ("tgt", tgt_tok, [t for _, t in pairs])):
+        ids = tok.encode_batch(texts) if texts else []
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(offsets[-1]))
+        flat.tofile(tmp / f"{split}.{side}.bin")
+        offsets.tofile(tmp / f"{split}.{side}.idx")
+        counts[f"{side}_tokens"] = int(offsets[-1])
+    counts["tokens"] = counts["src_tokens"] + counts["tgt_tokens"]
+    with open(tmp / f"{split}.tsv", "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(f"{s}\t{t}\n" for s, t in pairs)
+    return counts

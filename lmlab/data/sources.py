@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.io import sha256_file
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,6 @@ def cache_dir() -> Path:
 def local_copy_env(name: str) -> str:
     """The environment variable that points a named dataset at a local copy: ``LMLAB_<NAME>_FILE``."""
     return f"LMLAB_{name.upper().replace('-', '_')}_FILE"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _looks_like_path(source: str) -> bool:

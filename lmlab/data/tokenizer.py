@@ -108,13 +108,9 @@ class Tokenizer:
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(self.hf.to_str(pretty=True), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        from lmlab.io import write_text
+
+        write_text(path, self.hf.to_str(pretty=True))
 
     def describe(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "special_tokens": self.special_tokens}

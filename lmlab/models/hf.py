@@ -9,7 +9,6 @@ imported. GPT-2 stores its linear layers as ``Conv1D`` with (in, out) weights, t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lmlab import io
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 
@@ -245,12 +245,14 @@ def save_hf_model(model: torch.nn.Module, out: str | Path, tokenizer_file: str |
         raise LmlabError(f"{out} exists and is not a directory; choose another output path")
     tensors = state_dict_to_hf(model)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n", encoding="utf-8")
+    # each file atomically: an interrupted export never leaves a truncated model.safetensors
+    with io.atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    io.write_json(out / "config.json", config_to_hf(model.config))
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
-        shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+        io.write_bytes(out / "tokenizer.json", Path(tokenizer_file).read_bytes())
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size}
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        io.write_json(out / "tokenizer_config.json", config)
     return out
 
 
@@ -258,7 +260,7 @@ def save_hf_model(model: torch.nn.Module, out: str | Path, tokenizer_file: str |
 # the verbs
 
 
-def import_hf(src: str | Path, out: str | Path) -> Path:
+def import_hf_run(src: str | Path, out: str | Path) -> Path:
     """Read a GPT-2 checkpoint directory saved by ``transformers`` into a new lmlab run directory ``out``."""
     from lmlab.runs import save_run
 
@@ -269,7 +271,7 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     return save_run(out, model, _hf_tokenizer(src), extra_config={"source": {"import_hf": str(src.resolve())}})
 
 
-def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
+def export_hf_run(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
     """Write run ``run`` (a GPT-2-shaped GPT) as a directory ``GPT2LMHeadModel.from_pretrained(out)`` loads."""
     from lmlab.runs import load_run, read_config
 

@@ -9,7 +9,7 @@ real tokens (True) and keep pads out of every attention.
 Decoding encodes the source once: :meth:`Seq2Seq.start` returns an :class:`EncoderDecoderCache`
 holding the encoder output, each decoder layer's cross-attention keys/values (projected once) and
 a preallocated KV cache for the decoder self-attention; :meth:`Seq2Seq.step` then feeds new
-target tokens. ``lmlab.generate.beam`` builds greedy and beam search on these two calls.
+target tokens. ``lmlab.generation.beam`` builds greedy and beam search on these two calls.
 """
 
 from __future__ import annotations

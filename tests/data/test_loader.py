@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.data.loader import BatchLoader, load_dataset
+from lmlab.data.dataset import load_dataset
+from lmlab.data.loader import BatchLoader
 from lmlab.errors import LmlabError
 
 

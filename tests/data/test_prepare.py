@@ -9,18 +9,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from lmlab.__main__ import main
-from lmlab.data.loader import load_dataset
-from lmlab.data.prepare import PrepareConfig, prepare
+from lmlab.api import prepare
+from lmlab.data.dataset import load_dataset
+from lmlab.data.prepare import PrepareConfig
 from lmlab.data.sources import NAMED_DATASETS
 from lmlab.errors import LmlabError
-
-
-def run_cli(argv, capsys):
-    """Run the real CLI in-process; return (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return exc.value.code, capsys.readouterr().err
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def decode_split(ds, split):
@@ -142,15 +136,15 @@ def assert_nothing_left(parent):
 
 
 def test_error_missing_source(tmp_path, capsys):
-    code, err = run_cli(["prepare", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")], capsys)
-    assert code == 2
-    assert err.strip().count("\n") == 0
-    assert "not found: no such file or directory" in err
+    result = run_cli(["prepare", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(result, "not found: no such file or directory")
 
 
 def test_error_unknown_named_dataset(capsys):
-    code, err = run_cli(["prepare", "shakespear"], capsys)
-    assert code == 2 and "unknown named dataset 'shakespear' (did you mean 'shakespeare'?)" in err
+    assert_one_line_error(
+        run_cli(["prepare", "shakespear"], capsys),
+        "unknown named dataset 'shakespear' (did you mean 'shakespeare'?)",
+    )
 
 
 def test_error_unreadable_source(tmp_path, capsys, monkeypatch):
@@ -166,29 +160,32 @@ def test_error_unreadable_source(tmp_path, capsys, monkeypatch):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
-    code, err = run_cli(["prepare", str(f)], capsys)
-    assert code == 2 and "cannot read" in err
+    assert_one_line_error(run_cli(["prepare", str(f)], capsys), "cannot read")
 
 
 def test_error_empty_corpus(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("  \n\n")
-    code, err = run_cli(["prepare", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "is empty" in err
+    assert_one_line_error(
+        run_cli(["prepare", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o")], capsys),
+        "is empty",
+    )
     assert not (tmp_path / "o").exists()
     assert_nothing_left(tmp_path)
 
 
 def test_error_binary_file(tmp_path, capsys):
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 10)
-    code, err = run_cli(["prepare", str(tmp_path / "blob.bin")], capsys)
-    assert code == 2 and "is not a text file" in err
+    assert_one_line_error(run_cli(["prepare", str(tmp_path / "blob.bin")], capsys), "is not a text file")
 
 
 def test_error_not_utf8_then_encoding_and_replace_work(tmp_path, capsys):
     f = tmp_path / "latin.txt"
     f.write_bytes(("Café crème brûlée\n" * 50).encode("latin-1"))
-    code, err = run_cli(["prepare", str(f), "--out", str(tmp_path / "o"), "--min-val-tokens", "10"], capsys)
-    assert code == 2 and "not valid utf-8 text (bad byte at offset 3)" in err and "--encoding" in err
+    assert_one_line_error(
+        run_cli(["prepare", str(f), "--out", str(tmp_path / "o"), "--min-val-tokens", "10"], capsys),
+        "not valid utf-8 text (bad byte at offset 3)",
+        "--encoding",
+    )
     assert not (tmp_path / "o").exists()
     assert_nothing_left(tmp_path)
     r = prepare(str(f), out=str(tmp_path / "a"), encoding="latin-1", min_val_tokens=10, quiet=True)
@@ -204,8 +201,11 @@ def test_error_unknown_encoding(tmp_path):
 
 def test_error_corpus_too_small(tmp_path, capsys):
     (tmp_path / "small.txt").write_text("a tiny corpus\n" * 20)
-    code, err = run_cli(["prepare", str(tmp_path / "small.txt"), "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "corpus too small: the val split has" in err and "--val-fraction" in err
+    assert_one_line_error(
+        run_cli(["prepare", str(tmp_path / "small.txt"), "--out", str(tmp_path / "o")], capsys),
+        "corpus too small: the val split has",
+        "--val-fraction",
+    )
     assert not (tmp_path / "o").exists()
     assert_nothing_left(tmp_path)
 
@@ -220,8 +220,7 @@ def test_error_corpus_too_small(tmp_path, capsys):
     ],
 )
 def test_error_bad_options(shakespeare, tmp_path, capsys, args, message):
-    code, err = run_cli(["prepare", str(shakespeare), "--out", str(tmp_path / "o"), *args], capsys)
-    assert code == 2 and message in err
+    assert_one_line_error(run_cli(["prepare", str(shakespeare), "--out", str(tmp_path / "o"), *args], capsys), message)
     assert not (tmp_path / "o").exists()
 
 
@@ -229,8 +228,7 @@ def test_error_output_exists_unless_overwrite(shakespeare_char, shakespeare, tmp
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    code, err = run_cli(["prepare", str(shakespeare), "--out", str(out)], capsys)
-    assert code == 2 and "exists; pass --overwrite" in err
+    assert_one_line_error(run_cli(["prepare", str(shakespeare), "--out", str(out)], capsys), "exists; pass --overwrite")
     assert (out / "keep.txt").read_text() == "precious"
     prepare(str(shakespeare), out=str(out), overwrite=True, quiet=True)
     assert not (out / "keep.txt").exists() and (out / "meta.json").is_file()
@@ -240,14 +238,20 @@ def test_error_output_exists_unless_overwrite(shakespeare_char, shakespeare, tmp
 def test_error_local_copy_with_wrong_sha(tmp_path, capsys):
     fake = tmp_path / "input.txt"
     fake.write_text("not shakespeare\n" * 100)
-    code, err = run_cli(["prepare", "shakespeare", "--source-file", str(fake)], capsys)
-    assert code == 2 and "is not the published shakespeare file" in err and f"lmlab prepare {fake}" in err
+    assert_one_line_error(
+        run_cli(["prepare", "shakespeare", "--source-file", str(fake)], capsys),
+        "is not the published shakespeare file",
+        f"lmlab prepare {fake}",
+    )
 
 
 def test_error_download_sha_mismatch_leaves_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"tampered\n" * 1000))
-    code, err = run_cli(["prepare", "shakespeare", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "has sha256" in err and "expected 86c4e6aa9db7" in err
+    assert_one_line_error(
+        run_cli(["prepare", "shakespeare", "--out", str(tmp_path / "o")], capsys),
+        "has sha256",
+        "expected 86c4e6aa9db7",
+    )
     cached = tmp_path / "cache" / "shakespeare"
     assert list(cached.iterdir()) == []
     assert not (tmp_path / "o").exists()
@@ -258,9 +262,12 @@ def test_error_no_network_says_how_to_use_a_local_copy(tmp_path, monkeypatch, ca
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    code, err = run_cli(["prepare", "shakespeare"], capsys)
-    assert code == 2
-    assert "could not download shakespeare" in err and "--source-file PATH" in err and "LMLAB_SHAKESPEARE_FILE" in err
+    assert_one_line_error(
+        run_cli(["prepare", "shakespeare"], capsys),
+        "could not download shakespeare",
+        "--source-file PATH",
+        "LMLAB_SHAKESPEARE_FILE",
+    )
 
 
 def test_meta_records_what_was_done(shakespeare_char):

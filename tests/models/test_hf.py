@@ -9,12 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lmlab.__main__ import main
+from lmlab.api import export_hf, import_hf
+from lmlab.cli import main
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.models import build_model
-from lmlab.models.hf import export_hf, import_hf, load_hf_model, save_hf_model
+from lmlab.models.hf import load_hf_model, save_hf_model
 from lmlab.runs import load_run, save_run
+from tests.helpers import assert_one_line_error, run_cli
 
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -114,12 +116,7 @@ def test_cli_round_trip(tmp_path, capsys):
 
 
 def _cli_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err
-    return err
+    return assert_one_line_error(run_cli(argv, capsys))
 
 
 def test_import_missing_directory(tmp_path, capsys):

@@ -11,13 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 import lmlab
+from lmlab import checkpoint as ckpt
+from lmlab.api import train
 from lmlab.config import get_preset
 from lmlab.data.tokenizer import load_tokenizer
 from lmlab.models import build_model
 from lmlab.runs import save_run
-from lmlab.train import checkpoint as ckpt
-from lmlab.train.trainer import train
-from tests.translation.conftest import QUIET, copy_run, run_cli
+from tests.helpers import assert_one_line_error, run_cli
+from tests.translation.conftest import QUIET, copy_run
 
 
 def rows(run: Path) -> list[dict]:
@@ -82,7 +83,6 @@ def test_resume_is_exact(tiny_run, tmp_path):
     for link in ("latest", "best"):
         (root / link).unlink(missing_ok=True)
     ckpt.point(root, "latest", root / "step-00000010")
-    torch.set_num_threads(1)
     result = train(resume=b, progress=False)
     assert result.step == 30
     wa = load_file(str(tiny_run / "checkpoints/step-00000030/model.safetensors"))
@@ -109,7 +109,7 @@ def lm_run(tmp_path_factory, en_fr) -> Path:
 @pytest.fixture(scope="module")
 def lm_data(tmp_path_factory, pairs_file, en_fr) -> Path:
     """The pairs file read as plain text, with the translation dataset's tokenizer (so lm_run fits it)."""
-    from lmlab.data.prepare import prepare
+    from lmlab.api import prepare
 
     out = tmp_path_factory.mktemp("lmdata") / "text"
     prepare(str(pairs_file), out=str(out), tokenizer=str(en_fr / "tokenizer.json"), quiet=True)
@@ -124,52 +124,45 @@ def test_eval_of_a_language_model_reports_loss(lm_run, lm_data, capsys):
     assert f"loss {scores['loss']:.4f}" in out
 
 
-def one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("lmlab "), err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_each_verb_names_the_command_that_fits_the_run(tiny_run, lm_run, en_fr, lm_data, tmp_path, capsys):
-    one_line_error(*run_cli(["translate", str(lm_run), "Hello."], capsys)[::2], "language model", "lmlab sample")
-    one_line_error(*run_cli(["sample", str(tiny_run)], capsys)[::2], "seq2seq", "lmlab translate")
-    one_line_error(*run_cli(["attention", str(tiny_run), "--text", "Hello."], capsys)[::2], "--source")
-    one_line_error(
-        *run_cli(["train", str(en_fr), "tiny", "--out", str(tmp_path / "g"), *QUIET], capsys)[::2],
+    assert_one_line_error(run_cli(["translate", str(lm_run), "Hello."], capsys), "language model", "lmlab sample")
+    assert_one_line_error(run_cli(["sample", str(tiny_run)], capsys), "seq2seq", "lmlab translate")
+    assert_one_line_error(run_cli(["attention", str(tiny_run), "--text", "Hello."], capsys), "--source")
+    assert_one_line_error(
+        run_cli(["train", str(en_fr), "tiny", "--out", str(tmp_path / "g"), *QUIET], capsys),
         "translation dataset",
         "seq2seq",
     )
-    one_line_error(
-        *run_cli(["train", str(lm_data), "seq2seq-tiny", "--out", str(tmp_path / "s"), *QUIET], capsys)[::2],
+    assert_one_line_error(
+        run_cli(["train", str(lm_data), "seq2seq-tiny", "--out", str(tmp_path / "s"), *QUIET], capsys),
         "encoder",
         "--task translation",
     )
-    one_line_error(
-        *run_cli(["eval", str(lm_run), "--split", "test", "--data", str(lm_data)], capsys)[::2], "--split val"
+    assert_one_line_error(
+        run_cli(["eval", str(lm_run), "--split", "test", "--data", str(lm_data)], capsys), "--split val"
     )
-    one_line_error(*run_cli(["eval", str(tiny_run), "--data", str(lm_data)], capsys)[::2], "not a translation dataset")
+    assert_one_line_error(run_cli(["eval", str(tiny_run), "--data", str(lm_data)], capsys), "not a translation dataset")
 
 
 def test_translate_and_eval_refuse_bad_requests(tiny_run, tmp_path, capsys):
-    one_line_error(*run_cli(["translate", str(tiny_run)], capsys)[::2], "nothing to translate")
-    one_line_error(
-        *run_cli(["translate", str(tiny_run), "--file", str(tmp_path / "nope.txt")], capsys)[::2], "not found"
+    assert_one_line_error(run_cli(["translate", str(tiny_run)], capsys), "nothing to translate")
+    assert_one_line_error(
+        run_cli(["translate", str(tiny_run), "--file", str(tmp_path / "nope.txt")], capsys), "not found"
     )
-    one_line_error(*run_cli(["translate", str(tiny_run), "Hi.", "--beam", "0"], capsys)[::2], "--beam")
-    one_line_error(*run_cli(["eval", str(tiny_run), "--split", "dev"], capsys)[::2], "unknown split")
-    one_line_error(*run_cli(["attention", str(tiny_run), "--source", "  "], capsys)[::2], "empty")
+    assert_one_line_error(run_cli(["translate", str(tiny_run), "Hi.", "--beam", "0"], capsys), "--beam")
+    assert_one_line_error(run_cli(["eval", str(tiny_run), "--split", "dev"], capsys), "unknown split")
+    assert_one_line_error(run_cli(["attention", str(tiny_run), "--source", "  "], capsys), "empty")
     elsewhere = tmp_path / "moved"
     copy_run(tiny_run, elsewhere)
     cfg = json.loads((elsewhere / "config.json").read_text())
     cfg["data"]["path"] = str(tmp_path / "gone")
     (elsewhere / "config.json").write_text(json.dumps(cfg))
-    one_line_error(*run_cli(["eval", str(elsewhere)], capsys)[::2], "--data")
+    assert_one_line_error(run_cli(["eval", str(elsewhere)], capsys), "--data")
 
 
 def test_a_source_longer_than_the_model_is_truncated_or_refused(tiny_run, capsys):
     long = " ".join(["The cat is very very happy today."] * 12)  # far beyond block_size 32
-    one_line_error(*run_cli(["translate", str(tiny_run), long, "--long", "error"], capsys)[::2], "longer than")
+    assert_one_line_error(run_cli(["translate", str(tiny_run), long, "--long", "error"], capsys), "longer than")
     code, out, err = run_cli(["translate", str(tiny_run), long, "--beam", "1"], capsys)
     assert code == 0 and len(out.splitlines()) == 1
     assert "warning: sentence 1 is" in err and "first 31 tokens" in err

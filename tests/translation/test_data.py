@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from lmlab.data.loader import load_dataset
-from lmlab.data.prepare import prepare
-from lmlab.data.translation import PairLoader, TranslationData, read_pairs, source_key
+from lmlab.api import prepare
+from lmlab.data.dataset import TranslationData, load_dataset
+from lmlab.data.formats.pairs import read_pairs, source_key
+from lmlab.data.loader import PairLoader
 from lmlab.errors import LmlabError
-from tests.translation.conftest import run_cli
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def test_prepared_directory_follows_the_dataset_contract(en_fr, pairs_file):
@@ -96,10 +97,8 @@ def test_malformed_lines_are_counted_reported_and_refused_with_strict(tmp_path, 
     out = tmp_path / "d"
     argv = ["prepare", str(src), "--task", "translation", "--tokenizer", "char", "--out", str(out)]
 
-    code, _, err = run_cli([*argv, "--strict"], capsys)
-    assert code == 2 and not out.exists()
-    line = err.strip()
-    assert "\n" not in line and "3 malformed" in line
+    line = assert_one_line_error(run_cli([*argv, "--strict"], capsys), "3 malformed")
+    assert not out.exists()
     assert "bad.tsv:4: no tab" in line and "bad.tsv:22: empty source" in line and "bad.tsv:43: empty target" in line
 
     code, _, err = run_cli(argv, capsys)
@@ -122,12 +121,10 @@ def test_prepare_errors(tmp_path, pairs_file, capsys):
         (["--columns", "1", "1"], "two different"),
         (["--test-fraction", "0.95"], "--test-fraction"),
     ):
-        code, _, err = run_cli([*base, *extra], capsys)
-        assert code == 2 and message in err and err.count("\n") == 1
+        assert_one_line_error(run_cli([*base, *extra], capsys), message)
     tiny = tmp_path / "two.tsv"
     tiny.write_text("a\tb\nc\td\n", encoding="utf-8")
-    code, _, err = run_cli(["prepare", str(tiny), "--task", "translation", "--out", out], capsys)
-    assert code == 2 and "too few" in err
+    assert_one_line_error(run_cli(["prepare", str(tiny), "--task", "translation", "--out", out], capsys), "too few")
     with pytest.raises(LmlabError, match="exists"):
         prepare(str(pairs_file), out=str(tmp_path), task="translation", tokenizer="char", quiet=True)
 

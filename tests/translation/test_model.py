@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.config import ModelConfig, get_preset
-from lmlab.generate.beam import beam_search, greedy_search
+from lmlab.generation.beam import beam_search, greedy_search
+from lmlab.generation.translation import translate_ids
 from lmlab.models import build_model
 from lmlab.models.seq2seq import Seq2Seq
-from lmlab.translation import translate_ids
 
 BOS, EOS, PAD = 0, 1, 2
 V = 13  # 3 special tokens + 10 symbols
@@ -157,7 +157,7 @@ def task_batch(kind: str, n: int, g: torch.Generator) -> tuple[list[list[int]], 
 
 
 def train_tiny(kind: str, steps: int = 400) -> Seq2Seq:
-    from lmlab.data.translation import collate
+    from lmlab.data.loader import collate
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(get_preset("seq2seq-tiny").model, vocab_size=V)
@@ -197,7 +197,7 @@ def test_beam_one_equals_greedy_and_batching_changes_nothing(trained):
     kw = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD, max_new_tokens=12)
     greedy = translate_ids(model, srcs, beam=1, batch_size=6, **kw)
     assert translate_ids(model, srcs, beam=1, batch_size=1, **kw) == greedy  # padding and dropped rows: no effect
-    from lmlab.data.translation import collate
+    from lmlab.data.loader import collate
 
     b = collate(srcs, [[]] * 6, bos_id=BOS, eos_id=EOS, pad_id=PAD, max_len=32)
     beam1 = beam_search(model, b.src, b.src_mask, beam=1, bos_id=BOS, eos_id=EOS, max_new_tokens=12)

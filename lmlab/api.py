@@ -1,0 +1,254 @@
+"""The public functions of lmlab: one per verb of the command line, with the same options.
+
+``lmlab.prepare(...)``, ``lmlab.train(...)``, ``lmlab.load("runs/x")``, ``lmlab.generate(...)`` … are defined
+here and re-exported (lazily) by ``lmlab/__init__.py``. Each is a short, typed front: it checks and
+normalizes its arguments, then calls the module that does the work, imported only when needed so that
+``import lmlab`` stays fast. The CLI (``lmlab.cli``) parses argv into these same arguments and calls
+these same functions. No package of lmlab is named like one of these functions, so importing any
+submodule never hides a function (``lmlab.train`` is this function; the package is ``lmlab.training``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmlab.errors import LmlabError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmlab.data.prepare import PrepareConfig, PreparedDataset
+    from lmlab.generation.request import GenerationRequest
+    from lmlab.runs import Run
+    from lmlab.training.trainer import TrainResult
+
+__all__ = [
+    "attention",
+    "evaluate",
+    "export_hf",
+    "generate",
+    "import_hf",
+    "load",
+    "plot",
+    "prepare",
+    "stream",
+    "train",
+    "translate",
+]
+
+
+def prepare(config: PrepareConfig | str | None = None, /, **fields: Any) -> PreparedDataset:
+    """Tokenize a corpus into a dataset directory; arguments are those of ``PrepareConfig`` (and of the CLI).
+
+    ``lmlab.prepare("shakespeare", tokenizer="bpe", vocab_size=2048, source_file="input.txt")``
+    """
+    from lmlab.data.prepare import PrepareConfig, run
+
+    if isinstance(config, str):
+        cfg = PrepareConfig(source=config, **fields)
+    elif config is None:
+        cfg = PrepareConfig(**fields)
+    else:
+        cfg = dataclasses.replace(config, **fields) if fields else config
+    return run(cfg)
+
+
+def train(
+    data: str | Path | None = None,
+    preset: str | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    model: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
+    init_checkpoint: str | None = None,
+    **train_fields: Any,
+) -> TrainResult:
+    """Train ``preset`` (default ``baby``) on the dataset directory ``data``; or resume the run ``resume``.
+
+    ``model`` overrides fields of the preset's ModelConfig; other keyword arguments override TrainConfig
+    fields (``max_steps=500``). ``init_from`` starts from that run's weights and shape (``init_checkpoint``:
+    best, latest or step-N) and records it as the new run's parent. The objective (language modeling,
+    translation) is the one registered for the dataset's task.
+    ``lmlab.train("data/shakespeare-char", "baby", max_steps=500)``
+    """
+    from lmlab.config import get_preset, preset_train_config
+    from lmlab.training import launch
+
+    if resume is not None:
+        if init_from is not None:
+            raise LmlabError("resume continues a run from its own checkpoints; init_from is for a new run")
+        return launch.resume(Path(resume), data, model or {}, train_fields)
+    if data is None:
+        raise LmlabError("give the dataset directory to train on (made by lmlab prepare), e.g. data/shakespeare-char")
+    p = get_preset(preset or "baby")
+    base = p.model if init_from is None else launch.parent_model_config(init_from)
+    model_cfg = dataclasses.replace(base, **(model or {}))
+    train_cfg = preset_train_config(p, **train_fields)
+    return launch.start(
+        Path(data), p, model_cfg, train_cfg, Path(out) if out else None,
+        init_from=Path(init_from) if init_from is not None else None, init_checkpoint=init_checkpoint,
+    )  # fmt: skip
+
+
+def load(run: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu") -> Run:
+    """Load a run directory: its model (eval mode) from ``checkpoint`` (best, latest, step-N; default best,
+    else latest), its tokenizer and its config. ``lmlab.load("runs/baby-shakespeare-char").model``"""
+    from lmlab import runs
+
+    return runs.load(run, checkpoint=checkpoint, device=device)
+
+
+def plot(
+    runs: list[str | Path],
+    out: str | Path = "runs/compare.png",
+    *,
+    x: str = "step",
+    metrics: list[str] | None = None,
+    log_y: bool = False,
+) -> Path:
+    """Draw ``metrics`` (default train_loss and val_loss) of each run against steps or tokens (``x``), one panel
+    per metric; returns the PNG path."""
+    from lmlab.training.plot import plot_curves
+
+    return plot_curves(runs, out, x=x, metrics=metrics, log_y=log_y)
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str | Sequence[str] = "",
+    request: GenerationRequest | None = None,
+    **options: Any,
+) -> str | list[str]:
+    """The text a model writes after ``prompt`` (the prompt itself not included); a list of prompts is one batch
+    and gives a list of texts. Options are the fields of ``GenerationRequest`` (``max_new_tokens``,
+    ``temperature``, ``top_k``, ``top_p``, ``min_p``, penalties, ``seed``, ``stop``, ...), given as keywords or
+    as a ``request``. ``lmlab.generate(run.model, run.tokenizer, "ROMEO:", max_new_tokens=100, top_k=50, seed=0)``
+    """
+    from lmlab.generation.text import generate_text
+
+    return generate_text(model, tokenizer, prompt, request, **options)
+
+
+def stream(
+    model: torch.nn.Module, tokenizer: Any, prompt: str = "", request: GenerationRequest | None = None, **options: Any
+) -> Iterator[str]:
+    """Like ``generate`` for one prompt, but yields the text in pieces as the tokens come (never inside a
+    multi-byte character, never the beginning of a stop string)."""
+    from lmlab.generation.text import stream_text
+
+    return stream_text(model, tokenizer, prompt, request, **options)
+
+
+def translate(
+    run: str | Path,
+    text: str | Sequence[str] | None = None,
+    *,
+    file: str | Path | None = None,
+    beam: int = 4,
+    length_penalty: float = 1.0,
+    max_new_tokens: int = 0,
+    long: str = "truncate",
+    batch_size: int = 64,
+    checkpoint: str | None = None,
+    device: str = "auto",
+) -> str | list[str]:
+    """Translate ``text`` (a sentence → a string; a list → a list) or every line of ``file`` (→ a list) with
+    the seq2seq run ``run``. ``lmlab.translate("runs/seq2seq-base-eng-fra", "I am cold.")``"""
+    from lmlab.generation.translation import load_translation_run, read_lines, translate_texts
+    from lmlab.runtime import pick_device
+
+    if (text is None) == (file is None):
+        raise LmlabError('give either sentences to translate or --file, not both: lmlab translate RUN "I am cold."')
+    if file is not None:
+        texts, names = read_lines(file)
+    else:
+        texts = [text] if isinstance(text, str) else list(text)
+        names = [f"sentence {i + 1}" for i in range(len(texts))]
+    tr = load_translation_run(run, checkpoint, pick_device(device))
+    out = translate_texts(
+        tr.model, tr.src_tokenizer, tr.tgt_tokenizer, texts, beam=beam, length_penalty=length_penalty,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, long=long, names=names,
+    )  # fmt: skip
+    return out[0] if isinstance(text, str) else out
+
+
+def evaluate(
+    run: str | Path,
+    split: str = "test",
+    *,
+    data: str | Path | None = None,
+    beam: int = 4,
+    length_penalty: float = 1.0,
+    batch_size: int = 64,
+    limit: int = 0,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+    show: int = 0,
+) -> dict[str, Any]:
+    """Scores of run ``run`` on ``split`` of its dataset (or ``data``): BLEU, chrF and loss for a translation run,
+    loss and perplexity for a language model; also written to RUN/eval-SPLIT.json (or ``out``)."""
+    import time
+
+    from lmlab.data.dataset import load_dataset
+    from lmlab.eval.evaluation import check_same_tokenizer, eval_lm, eval_translation
+    from lmlab.io import write_json
+    from lmlab.runs import read_config
+    from lmlab.runtime import pick_device
+
+    run = Path(run)
+    cfg = read_config(run)
+    data_path = Path(data) if data is not None else Path(cfg.get("data", {}).get("path", ""))
+    if not str(data_path) or not data_path.is_dir():
+        raise LmlabError(f"the dataset of run {run} ({data_path}) is not there; pass its directory with --data")
+    ds = load_dataset(data_path)
+    check_same_tokenizer(run, ds.path)
+    dev = pick_device(device)
+    t0 = time.perf_counter()
+    if cfg["model"].get("arch") == "seq2seq":
+        scores = eval_translation(run, ds, split, beam, length_penalty, batch_size, limit, checkpoint, dev, show)
+    else:
+        scores = eval_lm(run, ds, split, batch_size, checkpoint, dev)
+    scores["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(Path(out) if out is not None else run / f"eval-{split}.json", scores)
+    return scores
+
+
+def attention(
+    run: str | Path,
+    text: str = "",
+    *,
+    source: str | None = None,
+    layers: Sequence[int] = (),
+    out: str | Path | None = None,
+    checkpoint: str | None = None,
+) -> Path:
+    """Draw the attention weights of a GPT run on ``text`` (a grid: rows = ``layers``, default all; columns =
+    heads), or, with ``source``, the cross-attention of a translation run between ``source`` and its
+    translation. Returns the PNG path (default RUN/attention.png or RUN/cross-attention.png)."""
+    if source is not None:
+        from lmlab.eval.cross_attention import cross_attention
+
+        return cross_attention(run, source, layers, out, checkpoint)
+    from lmlab.eval.attention import gpt_attention
+
+    return gpt_attention(run, text, layers, out, checkpoint)
+
+
+def import_hf(src: str | Path, out: str | Path) -> Path:
+    """Read a GPT-2 checkpoint directory saved by ``transformers`` into a new lmlab run directory ``out``."""
+    from lmlab.models.hf import import_hf_run
+
+    return import_hf_run(src, out)
+
+
+def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
+    """Write run ``run`` (a GPT-2-shaped GPT) as a directory ``GPT2LMHeadModel.from_pretrained(out)`` loads."""
+    from lmlab.models.hf import export_hf_run
+
+    return export_hf_run(run, out, checkpoint)

@@ -1,0 +1,27 @@
+"""`lmlab export-hf RUN OUT`: an lmlab GPT-2-shaped run → a directory transformers loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tyro
+
+
+@dataclass
+class ExportHFConfig:
+    """Write an lmlab run (GPT-2 shape: learned positions, LayerNorm, GELU, biases) as a directory that
+    transformers.GPT2LMHeadModel.from_pretrained loads (config.json, model.safetensors, tokenizer.json)."""
+
+    run: tyro.conf.Positional[str]  # lmlab run directory
+    out: tyro.conf.Positional[str]  # output directory for the Hugging Face checkpoint
+    checkpoint: str | None = None  # best, latest or step-N; default best, else latest
+
+
+def main(argv: list[str]) -> None:
+    from lmlab.api import export_hf
+
+    cfg = tyro.cli(
+        ExportHFConfig, args=argv, prog="lmlab export-hf", config=(tyro.conf.PositionalMetavarFromFieldName,)
+    )
+    out = export_hf(cfg.run, cfg.out, checkpoint=cfg.checkpoint)
+    print(f"exported {cfg.run} -> {out}")

@@ -1,0 +1,13 @@
+"""`lmlab prepare SOURCE [--tokenizer char|bpe|word] [--out DIR]`: tokenize a corpus into a dataset directory."""
+
+from __future__ import annotations
+
+import tyro
+
+
+def main(argv: list[str]) -> None:
+    from lmlab.api import prepare
+    from lmlab.data.prepare import PrepareConfig
+
+    cfg = tyro.cli(PrepareConfig, args=argv, prog="lmlab prepare", description=PrepareConfig.__doc__)
+    prepare(cfg)

@@ -1,0 +1,181 @@
+"""Floor 0 of the package: files and directories that are never seen half-written, JSON, sha256, locks.
+
+Every write in lmlab goes through here. A file is written to a temporary name beside its target,
+flushed and fsynced, then renamed over it (a rename within one directory is atomic on POSIX), so a
+crash, Ctrl-C or full disk leaves either the old file or the new one. A directory (a checkpoint, a
+prepared dataset) is built the same way: under a temporary name, every file fsynced, then swapped in.
+
+This module imports nothing from lmlab but ``errors``, so any module may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory (a directory's entry list: what makes a rename durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path, tag: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; when the block ends without an error the file written there is
+    fsynced and renamed over ``path``. On an error nothing is left behind and ``path`` is untouched.
+
+    For writers that want a file name (``safetensors``, ``torch.save``, ``fig.savefig``). The temporary name
+    keeps ``path``'s suffix, since some writers choose their format by it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (newlines as given)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (one trailing newline) to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike, *, what: str = "", fix: str = "") -> Any:
+    """The JSON in ``path``; a missing or damaged file is an LmlabError naming ``what`` it is and how to ``fix`` it."""
+    path = Path(path)
+    name = what or str(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmlabError(f"{name} not found ({path}){'; ' + fix if fix else ''}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LmlabError(f"{path} is damaged ({type(e).__name__}){'; ' + fix if fix else ''}") from None
+
+
+def symlink(path: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``path`` a relative symlink to ``target`` (a name in the same directory), replacing any old one
+    atomically."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path(target).name, tmp)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, on_swap: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yields an empty temporary directory beside ``path``; when the block ends without an error every file in
+    it is fsynced and the directory is renamed to ``path``, replacing an existing one (which is moved aside,
+    then removed). On an error the temporary directory is removed and ``path`` is untouched.
+
+    ``on_swap(tmp)`` runs after the files are durable and before the rename (a manifest written last, say)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=False)
+    try:
+        yield tmp
+        if on_swap is not None:
+            on_swap(tmp)
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                fsync_path(p)
+        fsync_path(tmp)
+        old = None
+        if path.exists():
+            old = _tmp_name(path, "old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(parent: str | os.PathLike, name_glob: str) -> None:
+    """Remove what a killed writer left under ``parent``: temporary files and directories matching ``name_glob``."""
+    for stale in Path(parent).glob(name_glob):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+class DirLock:
+    """An exclusive advisory lock on a directory (``flock`` on ``DIR/.lock``): one writer at a time.
+
+    Held while a process writes a run directory; a second writer gets an LmlabError at once instead of two
+    processes interleaving checkpoints. The kernel drops the lock when the holder exits, even on SIGKILL, so a
+    crash never leaves a stale lock behind. On systems without ``fcntl`` it does nothing."""
+
+    def __init__(self, directory: str | os.PathLike, what: str = "directory") -> None:
+        self.directory, self.what = Path(directory), what
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; a single writer is the user's to keep
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LmlabError(
+                f"{self.what} {self.directory} is in use by another lmlab process; wait for it to finish "
+                "(or stop it) before writing to it"
+            ) from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

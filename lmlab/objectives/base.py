@@ -1,0 +1,126 @@
+"""What is optimized: the one protocol every objective implements, and the registry the trainer finds them in.
+
+The trainer knows only this protocol. An objective says where batches come from (``batches``), what the
+loss of one batch is (``loss`` -> ``LossOut``), how per-batch results become evaluation metrics
+(``reduce``; accuracy, pair accuracy and margins as well as mean loss), which metric names it reports
+(``metric_names``, known before training so a mistyped ``--train.best-metric`` is refused up front), and
+optionally a short sample for the log (``sample``). Objectives are registered under the dataset task (or
+fine-tuning method) they train on, so ``lmlab train`` picks one with a dictionary look-up, not an if-chain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from lmlab.errors import LmlabError, did_you_mean
+
+
+@dataclass
+class LossOut:
+    """The result of one batch: the loss to minimize, how many tokens (or examples) it averages over, and
+    per-batch metrics that ``Objective.reduce`` turns into evaluation metrics."""
+
+    loss: torch.Tensor  # scalar; what backward() sees
+    n_tokens: int | torch.Tensor  # units the loss is a mean over (target tokens, examples, pairs)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # e.g. correct counts, margins
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """A resumable, endless stream of batches (``lmlab.data.loader``'s loaders are)."""
+
+    batches_per_epoch: int
+
+    def __iter__(self) -> Iterator[Any]: ...
+    def __next__(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Objective:
+    """Base class of every objective. Subclasses set ``task`` and implement ``batches`` and ``loss``; the
+    defaults of ``reduce``, ``metric_names`` and ``sample`` fit a pure next-token loss."""
+
+    task: ClassVar[str] = ""  # the dataset task (meta.json "task") or method this objective trains on
+
+    # real (non-padding) tokens per sequence: with batch_size it gives tokens per step for --train.tokens-per-step
+    tokens_per_sequence: int = 1
+
+    @classmethod
+    def fit_model_config(cls, ds: Any, model_cfg: Any) -> Any:
+        """The model config for training on ``ds``; refuses an architecture that does not fit the task."""
+        return model_cfg
+
+    @classmethod
+    def from_dataset(cls, ds: Any, model_cfg: Any, tokenizer: Any = None) -> Objective:
+        raise NotImplementedError
+
+    # -- the protocol ------------------------------------------------------------------------
+    def batches(
+        self, split: str, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, device: Any = "cpu"
+    ) -> Batches:
+        """The endless, resumable batch stream of ``split`` (shuffled for ``train``, fixed order otherwise)."""
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> LossOut:
+        raise NotImplementedError
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The names ``reduce`` returns."""
+        return ("val_loss", "val_ppl")
+
+    def reduce(self, outs: Sequence[LossOut]) -> dict[str, float]:
+        """Evaluation metrics from the per-batch results of one pass over the validation batches.
+
+        The default is the mean of the batch losses (every evaluation uses the same batches, so values are
+        comparable across steps) and its perplexity."""
+        total = torch.zeros((), device=outs[0].loss.device) if outs else torch.zeros(())
+        for o in outs:
+            total += o.loss.detach().float()
+        mean = float(total / max(1, len(outs)))  # one device sync, not one per batch
+        return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+
+    def sample(self, model: torch.nn.Module, *, n_tokens: int, seed: int, rt: Any) -> str:
+        """A short text for the log at each evaluation ('' = none). ``model`` is in eval mode; ``rt`` is the
+        run's ``Runtime`` (device, autocast)."""
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: task name -> objective class
+
+_REGISTRY: dict[str, type[Objective]] = {}
+# where each built-in objective lives, imported on first use so `import lmlab.objectives` stays light
+_BUILTIN = {"lm": "lmlab.objectives.lm", "translation": "lmlab.objectives.translation"}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: make ``cls`` the objective of datasets (or methods) named ``cls.task``."""
+    if not cls.task:
+        raise ValueError(f"{cls.__name__} has no task name")
+    _REGISTRY[cls.task] = cls
+    return cls
+
+
+def objective_for(task: str) -> type[Objective]:
+    """The objective class registered for ``task``; an unknown task is a one-line error."""
+    if task not in _REGISTRY and task in _BUILTIN:
+        import importlib
+
+        importlib.import_module(_BUILTIN[task])
+    if task not in _REGISTRY:
+        known = sorted(set(_REGISTRY) | set(_BUILTIN))
+        raise LmlabError(
+            f"no objective trains on {task!r} datasets{did_you_mean(task, known)}; lmlab train knows {', '.join(known)}"
+        )
+    return _REGISTRY[task]
+
+
+def objective_names() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_BUILTIN))

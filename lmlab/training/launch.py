@@ -1,0 +1,232 @@
+"""Starting and resuming a training run: the run directory, the objective for the dataset, the model, lineage.
+
+``start`` makes a new run directory (config.json with the model, training and data sections, the
+tokenizer) and trains; ``resume`` continues a run from its latest good checkpoint after checking that
+the dataset is the same. A run may start from another run's weights (``init_from``): its config.json then
+records that parent (run, checkpoint, weights sha256, objective), so a chain base → sft → dpo can be
+followed back (``lmlab.runs.lineage``). The run directory is locked while training: one writer at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab import __version__, io, runtime
+from lmlab import checkpoint as ckpt
+from lmlab.config import ModelConfig, Preset, TrainConfig
+from lmlab.data.dataset import Dataset, load_dataset
+from lmlab.errors import LmlabError
+from lmlab.objectives.base import objective_for
+from lmlab.training.trainer import Trainer, TrainResult
+
+
+def data_fingerprint(ds: Dataset) -> dict[str, Any]:
+    """What identifies the dataset a run was trained on (checked on resume)."""
+    return {
+        "path": str(ds.path.resolve()),
+        "vocab_size": ds.vocab_size,
+        "tokenizer_sha256": io.sha256_file(ds.path / "tokenizer.json"),
+        "train_tokens": ds.meta["splits"]["train"]["tokens"],
+        "val_tokens": ds.meta["splits"]["val"]["tokens"],
+    }
+
+
+def parent_model_config(parent: str | Path) -> ModelConfig:
+    """The model config of the run ``parent`` (the shape a run started from its weights must have)."""
+    from lmlab.runs import read_config
+
+    return ModelConfig.from_dict(read_config(parent)["model"])
+
+
+def _parent_record(parent: Path, which: str | None, ds: Dataset) -> tuple[dict[str, Any], Path]:
+    """The lineage entry of a run started from ``parent``'s weights, and the checkpoint to load."""
+    from lmlab.runs import read_config
+
+    cfg = read_config(parent)
+    tok = parent / "tokenizer.json"
+    if not tok.is_file() or tok.read_bytes() != (ds.path / "tokenizer.json").read_bytes():
+        raise LmlabError(
+            f"--init-from {parent}: that run's tokenizer is not the one {ds.path} was prepared with; prepare the "
+            f"data with its tokenizer (lmlab prepare SOURCE --tokenizer {tok})"
+        )
+    path = ckpt.find_checkpoint(parent / "checkpoints", which)
+    manifest = io.read_json(path / "manifest.json")
+    record = {
+        "run": str(parent.resolve()),
+        "checkpoint": path.name,
+        "step": ckpt.read_state(path).get("step"),
+        "model_sha256": manifest["files"]["model.safetensors"],
+        "objective": cfg.get("objective", "lm" if cfg["model"].get("arch") != "seq2seq" else "translation"),
+    }
+    return record, path
+
+
+def start(
+    data: Path,
+    p: Preset,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out: Path | None,
+    *,
+    init_from: Path | None = None,
+    init_checkpoint: str | None = None,
+) -> TrainResult:
+    """Train a new run of preset ``p`` (shape ``model_cfg``, recipe ``train_cfg``) on the dataset ``data``."""
+    ds = load_dataset(data)
+    objective_cls = objective_for(ds.task)
+    # the parent's tokenizer first: a different one also explains a vocabulary size that does not match
+    parent, weights = _parent_record(init_from, init_checkpoint, ds) if init_from is not None else (None, None)
+    model_cfg = objective_cls.fit_model_config(ds, model_cfg)
+    if model_cfg.vocab_size and model_cfg.vocab_size != ds.vocab_size:
+        raise LmlabError(
+            f"--model.vocab-size {model_cfg.vocab_size} does not match the dataset's vocabulary ({ds.vocab_size}); "
+            "leave it at 0 to take the dataset's"
+        )
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=ds.vocab_size)
+    run_dir = out or Path("runs") / f"{p.name}-{ds.path.resolve().name}"
+    if init_from is not None and run_dir.resolve() == init_from.resolve():
+        raise LmlabError(f"--out {run_dir} is the --init-from run itself; choose a new run directory")
+    if (run_dir / "checkpoints").exists() and any(ckpt.list_checkpoints(run_dir / "checkpoints")):
+        raise LmlabError(
+            f"run directory {run_dir} already has checkpoints; continue it with --resume {run_dir} "
+            "or choose another --out"
+        )
+    rt = runtime.setup(train_cfg.device, train_cfg.precision)
+    lock = io.DirLock(run_dir, "run directory")
+    if rt.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise LmlabError(
+                f"cannot write the run directory {run_dir}: {e.strerror or e}; choose another --out"
+            ) from None
+        lock.acquire()
+        config = {
+            "lmlab_version": __version__,
+            "preset": p.name,
+            "objective": objective_cls.task,
+            "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "data": data_fingerprint(ds),
+        }
+        if parent is not None:
+            config["parent"] = parent
+        io.write_json(run_dir / "config.json", config)
+        shutil.copyfile(ds.path / "tokenizer.json", run_dir / "tokenizer.json")
+        if (ds.path / "tokenizer.src.json").is_file():  # translation with a separate source tokenizer
+            shutil.copyfile(ds.path / "tokenizer.src.json", run_dir / "tokenizer.src.json")
+    try:
+        if rt.distributed:
+            torch.distributed.barrier()
+        return fit(ds, model_cfg, train_cfg, run_dir, rt, None, init_weights=weights)
+    finally:
+        lock.release()
+
+
+def fit(
+    ds: Dataset,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    rt: runtime.Runtime,
+    resume_from: Path | None,
+    *,
+    init_weights: Path | None = None,
+) -> TrainResult:
+    """Build the model and the dataset's objective, then run the trainer (prints the one-line summaries)."""
+    from lmlab.models import build_model
+
+    runtime.seed_everything(train_cfg.seed)
+    model = build_model(model_cfg)
+    if init_weights is not None and resume_from is None:
+        ckpt.load_weights(model, init_weights)
+    objective = objective_for(ds.task).from_dataset(ds, model_cfg, ds.tokenizer)
+    try:
+        trainer = Trainer(model, objective, train_cfg, run_dir, rt, resume_from=resume_from)
+        if rt.is_main:
+            n = model.num_params()
+            print(
+                f"training {model_cfg.arch} ({n / 1e6:.2f}M parameters) on {ds.path} -> {run_dir}\n"
+                f"  {rt.describe()}; {trainer.tokens_per_step:,} tokens per step "
+                f"({train_cfg.batch_size} sequences x {trainer.accum} accum x {rt.world_size} processes); "
+                f"steps {trainer.step} -> {train_cfg.max_steps}",
+                file=sys.stderr,
+            )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        if rt.is_main:
+            took = time.perf_counter() - t0
+            best = (
+                f"; best {train_cfg.best_metric} {list(result.best.values())[1]:.4f} ({result.best['checkpoint']})"
+                if result.best
+                else ""
+            )
+            print(
+                f"{result.status}: step {result.step}, {result.tokens_seen:,} tokens, {took:.1f}s{best}; "
+                f"run directory {run_dir}",
+                file=sys.stderr,
+            )
+        return result
+    finally:
+        runtime.teardown(rt)
+
+
+def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over: dict) -> TrainResult:
+    """Continue ``run_dir`` from its latest good checkpoint; ``train_over`` changes training settings (logged
+    in config.json's ``resumes``), a changed model shape is refused."""
+    from lmlab.runs import read_config
+
+    cfg = read_config(run_dir)
+    saved_model = ModelConfig.from_dict(cfg["model"])
+    changed_model = {k: v for k, v in model_over.items() if getattr(saved_model, k) != v}
+    if changed_model:
+        raise LmlabError(
+            f"cannot change the model shape on resume ({', '.join(f'model.{k}' for k in changed_model)}); "
+            "start a new run with --out instead"
+        )
+    saved_train = TrainConfig.from_dict(cfg["train"])
+    train_cfg = dataclasses.replace(saved_train, **train_over)
+    data_path = Path(data) if data else Path(cfg["data"]["path"])
+    ds = load_dataset(data_path)
+    fp = data_fingerprint(ds)
+    for key in ("vocab_size", "tokenizer_sha256", "train_tokens"):
+        if fp[key] != cfg["data"].get(key):
+            raise LmlabError(
+                f"{data_path} is not the dataset this run was trained on ({key} differs); resume with the original "
+                f"dataset ({cfg['data'].get('path')})"
+            )
+    path = ckpt.find_checkpoint(run_dir / "checkpoints", "latest")
+    rt = runtime.setup(train_cfg.device, train_cfg.precision)
+    changes = {
+        k: (getattr(saved_train, k), getattr(train_cfg, k))
+        for k in train_over
+        if getattr(saved_train, k) != getattr(train_cfg, k)
+    }
+    lock = io.DirLock(run_dir, "run directory")
+    if rt.is_main:
+        lock.acquire()
+        if changes:
+            print(
+                "resuming with changed settings: "
+                + ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changes.items()),
+                file=sys.stderr,
+            )
+            history = cfg.setdefault("resumes", [])
+            history.append({"from": path.name, "changed": {k: list(v) for k, v in changes.items()}})
+        cfg["train"] = train_cfg.to_dict()
+        io.write_json(run_dir / "config.json", cfg)
+    try:
+        return fit(ds, saved_model, train_cfg, run_dir, rt, path)
+    finally:
+        lock.release()

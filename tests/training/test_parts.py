@@ -1,0 +1,58 @@
+"""The parts of the trainer that a second kind of loop (RL: rollout -> score -> update) is built from work
+without ``Trainer``: runtime, optimizer and schedule, checkpoint manager, tracker, stop request."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+
+import torch
+
+from lmlab import checkpoint as ckpt
+from lmlab import runtime
+from lmlab.config import TrainConfig, get_preset
+from lmlab.models import build_model
+from lmlab.training.optim import lr_at, make_adamw
+from lmlab.training.signals import StopRequest
+from lmlab.training.tracking import make_tracker
+
+
+def test_a_loop_of_its_own_from_the_trainers_parts(tmp_path):
+    rt = runtime.setup("cpu", "fp32")
+    runtime.seed_everything(0)
+    model = build_model(dataclasses.replace(get_preset("tiny").model, vocab_size=11))
+    cfg = TrainConfig(max_steps=4, warmup_steps=1, track="none", progress=False)
+    opt = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device)
+    manager = ckpt.CheckpointManager(tmp_path / "checkpoints", keep_last=2, metric="reward", mode="max")
+    tracker = make_tracker(tmp_path, cfg)
+    stop = StopRequest()
+    stop.install()
+    try:
+        for step in range(1, cfg.max_steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(
+                    step - 1, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps
+                )
+            x = torch.randint(0, 11, (2, 8))
+            loss = model(x, x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tracker.log(step, {"loss": loss.item()})
+            manager.save(step, model, {"metrics": {}}, {"optimizer": opt.state_dict(), "step": step})
+            manager.record(step, {"reward": -loss.item()})
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # asks to stop; the loop decides when
+            if stop.signum is not None:
+                break
+    finally:
+        stop.restore()
+        tracker.close()
+    assert stop.signum == signal.SIGTERM and step == 3
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")][-2:] == ["step-00000002", "step-00000003"]
+    assert ckpt.find_checkpoint(tmp_path / "checkpoints", "latest").name == "step-00000003"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert ckpt.load_trainer_state(tmp_path / "checkpoints" / "step-00000003")["step"] == 3
