@@ -64,7 +64,6 @@ class Trainer:
         self.run_name = run_name or self.run_dir.name
         self.model = model.to(rt.device)
         self.raw_model = self.model
-        self.block_size = model.config.block_size
         # real tokens per micro-batch: translation pairs are shorter than block_size, and padding does not count
         tokens_per_micro = cfg.batch_size * objective.tokens_per_sequence * rt.world_size
         self.accum = max(1, round(cfg.tokens_per_step / tokens_per_micro)) if cfg.tokens_per_step else cfg.grad_accum
