@@ -113,7 +113,7 @@ def find_checkpoint(root: str | Path, which: str | None = None) -> Path:
             have = ", ".join(p.name for p in list_checkpoints(root)[-5:]) or "none"
             raise LmlabError(f"checkpoint {which} not found in {root} (have: {have})")
     else:
-        wanted = next((root / link for link in LINKS if (root / link).exists()), None)
+        wanted = next((root / link for link in ("best", "latest") if (root / link).exists()), None)  # best first
     candidates = list_checkpoints(root)
     if wanted is None:
         if not candidates:

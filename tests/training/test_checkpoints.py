@@ -264,3 +264,16 @@ def test_compiled_model_trains(data, tmp_path):
     result = trainer.fit()
     rows = read_rows(tmp_path)
     assert result.step == 10 and rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_the_default_checkpoint_is_the_best_then_the_latest(tmp_path):
+    """What lmlab.load and eval pick without --checkpoint: best when a run has one, else latest."""
+    manager = ckpt.CheckpointManager(tmp_path, keep_last=3, metric="val_loss")
+    for step, loss in ((1, 3.0), (2, 1.0), (3, 2.0)):
+        manager.save(step, small_module(), {"metrics": {}}, None)
+        if step < 3:
+            manager.record(step, {"val_loss": loss})
+    assert ckpt.find_checkpoint(tmp_path).name == "step-00000002"  # best, though step 3 is latest
+    assert ckpt.find_checkpoint(tmp_path, "latest").name == "step-00000003"
+    (tmp_path / "best").unlink()
+    assert ckpt.find_checkpoint(tmp_path).name == "step-00000003"
