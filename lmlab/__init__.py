@@ -26,6 +26,8 @@ _EXPORTS = {
     "attention": "lmlab.api",
     "import_hf": "lmlab.api",
     "export_hf": "lmlab.api",
+    "finetune": "lmlab.api",
+    "classify": "lmlab.api",
     # the types they take and return
     "LmlabError": "lmlab.errors",
     "ModelConfig": "lmlab.config",

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "attention",
+    "classify",
     "evaluate",
     "export_hf",
+    "finetune",
     "generate",
     "import_hf",
     "load",
@@ -192,7 +195,9 @@ def evaluate(
     show: int = 0,
 ) -> dict[str, Any]:
     """Scores of run ``run`` on ``split`` of its dataset (or ``data``): BLEU, chrF and loss for a translation run,
-    loss and perplexity for a language model; also written to RUN/eval-SPLIT.json (or ``out``)."""
+    loss and perplexity for a language model; also written to RUN/eval-SPLIT.json (or ``out``). A classifier
+    is scored on the labeled file ``data`` (default: its validation file): accuracy, macro-F1, Matthews
+    correlation, written to RUN/eval-classify.json."""
     import time
 
     from lmlab.data.dataset import load_dataset
@@ -203,6 +208,15 @@ def evaluate(
 
     run = Path(run)
     cfg = read_config(run)
+    if "head" in cfg:  # a classifier: scores on a labeled file (default: its validation file)
+        from lmlab.eval.classify import classifier_run, score_file
+
+        val = cfg.get("finetune", {}).get("files", {}).get("val", {}).get("path")
+        if data is None and val is None:
+            raise LmlabError(f"give the labeled file to score {run} on with --data FILE.tsv")
+        scores = score_file(classifier_run(run, checkpoint, pick_device(device)), data or val, batch_size)
+        write_json(Path(out) if out is not None else run / "eval-classify.json", scores)
+        return scores
     data_path = Path(data) if data is not None else Path(cfg.get("data", {}).get("path", ""))
     if not str(data_path) or not data_path.is_dir():
         raise LmlabError(f"the dataset of run {run} ({data_path}) is not there; pass its directory with --data")
@@ -252,3 +266,71 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None) -
     from lmlab.models.hf import export_hf_run
 
     return export_hf_run(run, out, checkpoint)
+
+
+def finetune(
+    run: str | Path,
+    method: str,
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    checkpoint: str | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Fine-tune the trained run ``run`` with ``method`` on ``data`` into a new run that records ``run`` as its
+    parent. ``classify`` (GPT-1): a linear head on the last token, loss = classification + ``aux_lm`` × LM;
+    ``data`` is a labeled .tsv (with a header) or .jsonl. ``options`` are the method's (``val``,
+    ``val_fraction``, ``aux_lm``, ``epochs`` for classify) and TrainConfig fields (``lr=1e-4``); the defaults
+    are GPT-1's recipe. ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""
+    from lmlab.objectives.classify import ClassifyOptions
+    from lmlab.training import launch
+
+    methods = {"classify": ClassifyOptions}
+    if method not in methods:
+        from lmlab.errors import did_you_mean
+
+        raise LmlabError(f"unknown fine-tuning method {method!r}{did_you_mean(method, methods)}; methods: classify")
+    own = {f.name for f in dataclasses.fields(methods[method])}
+    known = own | {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in options:
+        if name not in known:
+            others = [m for m, c in methods.items() if name in {f.name for f in dataclasses.fields(c)}]
+            where = f"an option of {others[0]}, not of {method}" if others else f"not an option of {method}"
+            raise LmlabError(f"--{name.replace('_', '-')} is {where}")
+    opts = methods[method](**{k: v for k, v in options.items() if k in own})
+    train_over = {k: v for k, v in options.items() if k not in own}
+    TrainConfig(**{**TrainConfig().to_dict(), **train_over})  # check the values before reading any data
+    run, data = Path(run), Path(data)
+    return launch.finetune(run, method, data, opts, train_over, out=Path(out) if out else None, checkpoint=checkpoint)
+
+
+def classify(
+    run: str | Path,
+    text: str | Sequence[str] | None = None,
+    *,
+    file: str | Path | None = None,
+    pair: str | None = None,
+    batch_size: int = 64,
+    checkpoint: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """Classify ``text`` (a string → one result; a list → a list) or every line of ``file`` with a fine-tuned
+    classifier run. A result is ``{"label": ..., "probs": {label: p, ...}}``; ``pair`` is the second text of a
+    pair task (entailment), shared by every text."""
+    from lmlab.data.formats.labeled import Example
+    from lmlab.eval.classify import classifier_run, probabilities
+    from lmlab.generation.translation import read_lines
+    from lmlab.runtime import pick_device
+
+    if (text is None) == (file is None):
+        raise LmlabError('give either texts to classify or --file, not both: lmlab classify RUN "a fine film"')
+    texts = read_lines(file)[0] if file is not None else ([text] if isinstance(text, str) else list(text))
+    for i, t in enumerate(texts, start=1):
+        if not t.strip():
+            raise LmlabError(f"{'line' if file is not None else 'text'} {i} is empty; there is nothing to classify")
+    loaded = classifier_run(run, checkpoint, pick_device(device))
+    examples = [Example(t, "", pair, i) for i, t in enumerate(texts, start=1)]
+    probs = probabilities(loaded, examples, batch_size, str(file) if file is not None else "text")
+    labels = loaded.labels
+    out = [{"label": labels[int(p.argmax())], "probs": dict(zip(labels, map(float, p)))} for p in probs]
+    return out[0] if isinstance(text, str) else out

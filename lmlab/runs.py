@@ -35,6 +35,12 @@ class Run:
     checkpoint: Path
     state: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def labels(self) -> list[str] | None:
+        """The class names of a fine-tuned classifier (class id i is ``labels[i]``), else None."""
+        head = self.config.get("head")
+        return list(head["labels"]) if head else None
+
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
@@ -79,7 +85,8 @@ def load_run(
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu") -> Run:
-    """Load a run's model from ``checkpoint`` (best, latest, step-N; default best, else latest)."""
+    """Load a run's model from ``checkpoint`` (best, latest, step-N; default best, else latest). A fine-tuned
+    classifier comes back with its head (a ``SequenceClassifier``; its labels in ``Run.labels``)."""
     from lmlab.models import build_model
 
     run_dir = Path(run_dir)
@@ -87,6 +94,11 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch
     model_cfg = ModelConfig.from_dict(cfg["model"])
     path = ckpt.find_checkpoint(run_dir / "checkpoints", checkpoint)
     model = build_model(model_cfg)
+    head = cfg.get("head")
+    if head is not None:
+        from lmlab.models.heads import SequenceClassifier
+
+        model = SequenceClassifier(model, len(head["labels"]))
     ckpt.load_weights(model, path, device)
     model.to(device).eval()
     tokenizer = None

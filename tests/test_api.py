@@ -22,7 +22,7 @@ def _every_module_imported():
 
 def test_every_public_function_is_called_here():
     called = {"prepare", "train", "load", "generate", "stream", "plot", "evaluate", "attention", "translate"}
-    called |= {"import_hf", "export_hf"}
+    called |= {"import_hf", "export_hf", "finetune", "classify"}
     assert set(api.__all__) == called, "a public function was added: call it in this module too"
     assert set(api.__all__) <= set(lmlab.__all__)
 
@@ -43,6 +43,12 @@ def test_lm_verbs_end_to_end(shakespeare, tmp_path):
     hf = lmlab.export_hf(tmp_path / "run", tmp_path / "hf")
     back = lmlab.load(lmlab.import_hf(hf, tmp_path / "back"))
     assert lmlab.generate(back.model, back.tokenizer, "ROMEO:", max_new_tokens=5, seed=0) == text
+    labeled = tmp_path / "labeled.tsv"
+    labeled.write_text("sentence\tlabel\n" + "".join(f"{w} day\t{w}\n" for w in ["good", "bad"] * 20), encoding="utf-8")
+    clf = lmlab.finetune(
+        tmp_path / "run", "classify", labeled, out=tmp_path / "clf", batch_size=4, max_steps=2, **QUIET
+    )
+    assert clf.status == "finished" and lmlab.classify(tmp_path / "clf", "a good day")["label"] in ("bad", "good")
 
 
 def test_translation_verbs_end_to_end(en_fr, tmp_path):

@@ -11,11 +11,12 @@ import tyro
 @dataclass
 class EvalConfig:
     """Score a run on a split of its dataset: BLEU, chrF and loss for translation runs; loss and perplexity
-    for language models. Writes RUN/eval-SPLIT.json."""
+    for language models; accuracy, macro-F1 and Matthews correlation for classifiers on a labeled --data file.
+    Writes RUN/eval-SPLIT.json (classifiers: RUN/eval-classify.json)."""
 
     run: tyro.conf.Positional[str]  # run directory
     split: str = "test"  # translation: test | val | train; language models: val | train
-    data: str | None = None  # dataset directory; default the one the run was trained on
+    data: str | None = None  # dataset directory (classifiers: a labeled .tsv/.jsonl); default the run's own
     beam: int = 4  # translation: beam size (1 = greedy)
     length_penalty: float = 1.0  # translation: beam ranks hypotheses by log p / length^this
     batch_size: int = 64  # sentences (or windows) per batch
@@ -43,7 +44,12 @@ def main(argv: list[str]) -> None:
     )  # fmt: skip
     for ex in s.get("examples", []):
         print(f"  {ex['source']}\n    => {ex['translation']}\n    ref {ex['references'][0]}", file=sys.stderr)
-    if "bleu" in s:
+    if "accuracy" in s:
+        print(
+            f"{cfg.run} on {s['data']}: accuracy {s['accuracy']:.4f}  macro-F1 {s['f1']:.4f}  MCC {s['mcc']:.4f}  "
+            f"[{s['n_examples']:,} examples]"
+        )
+    elif "bleu" in s:
         print(
             f"{cfg.run} {s['split']}: BLEU {s['bleu']:.2f}  chrF {s['chrf']:.2f}  "
             f"(single-reference BLEU {s['bleu_single_ref']:.2f})  loss {s['loss']:.4f}  ppl {s['ppl']:.2f}  "

@@ -97,7 +97,11 @@ class Objective:
 
 _REGISTRY: dict[str, type[Objective]] = {}
 # where each built-in objective lives, imported on first use so `import lmlab.objectives` stays light
-_BUILTIN = {"lm": "lmlab.objectives.lm", "translation": "lmlab.objectives.translation"}
+_BUILTIN = {
+    "lm": "lmlab.objectives.lm",
+    "translation": "lmlab.objectives.translation",
+    "classify": "lmlab.objectives.classify",
+}
 
 
 def register(cls: type[Objective]) -> type[Objective]:

@@ -24,7 +24,7 @@ from lmlab import checkpoint as ckpt
 from lmlab.config import ModelConfig, Preset, TrainConfig
 from lmlab.data.dataset import Dataset, load_dataset
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import objective_for
+from lmlab.objectives.base import Objective, objective_for
 from lmlab.training.trainer import Trainer, TrainResult
 
 
@@ -129,35 +129,27 @@ def start(
     try:
         if rt.distributed:
             torch.distributed.barrier()
-        return fit(ds, model_cfg, train_cfg, run_dir, rt, None, init_weights=weights)
+        return _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, None, init_weights=weights)
     finally:
         lock.release()
 
 
 def fit(
-    ds: Dataset,
-    model_cfg: ModelConfig,
+    model: torch.nn.Module,
+    objective: Objective,
     train_cfg: TrainConfig,
     run_dir: Path,
     rt: runtime.Runtime,
     resume_from: Path | None,
-    *,
-    init_weights: Path | None = None,
+    source: str,
 ) -> TrainResult:
-    """Build the model and the dataset's objective, then run the trainer (prints the one-line summaries)."""
-    from lmlab.models import build_model
-
-    runtime.seed_everything(train_cfg.seed)
-    model = build_model(model_cfg)
-    if init_weights is not None and resume_from is None:
-        ckpt.load_weights(model, init_weights)
-    objective = objective_for(ds.task).from_dataset(ds, model_cfg, ds.tokenizer)
+    """Run the trainer on a built model and objective (``source``: what it trains on, for the first line)."""
     try:
         trainer = Trainer(model, objective, train_cfg, run_dir, rt, resume_from=resume_from)
         if rt.is_main:
             n = model.num_params()
             print(
-                f"training {model_cfg.arch} ({n / 1e6:.2f}M parameters) on {ds.path} -> {run_dir}\n"
+                f"training {model.config.arch} ({n / 1e6:.2f}M parameters) on {source} -> {run_dir}\n"
                 f"  {rt.describe()}; {trainer.tokens_per_step:,} tokens per step "
                 f"({train_cfg.batch_size} sequences x {trainer.accum} accum x {rt.world_size} processes); "
                 f"steps {trainer.step} -> {train_cfg.max_steps}",
@@ -182,6 +174,18 @@ def fit(
         runtime.teardown(rt)
 
 
+def _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, resume_from, init_weights=None) -> TrainResult:
+    """Build the model and the dataset's objective, then ``fit``."""
+    from lmlab.models import build_model
+
+    runtime.seed_everything(train_cfg.seed)
+    model = build_model(model_cfg)
+    if init_weights is not None and resume_from is None:
+        ckpt.load_weights(model, init_weights)
+    objective = objective_for(ds.task).from_dataset(ds, model_cfg, ds.tokenizer)
+    return fit(model, objective, train_cfg, run_dir, rt, resume_from, str(ds.path))
+
+
 def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over: dict) -> TrainResult:
     """Continue ``run_dir`` from its latest good checkpoint; ``train_over`` changes training settings (logged
     in config.json's ``resumes``), a changed model shape is refused."""
@@ -197,15 +201,20 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
         )
     saved_train = TrainConfig.from_dict(cfg["train"])
     train_cfg = dataclasses.replace(saved_train, **train_over)
-    data_path = Path(data) if data else Path(cfg["data"]["path"])
-    ds = load_dataset(data_path)
-    fp = data_fingerprint(ds)
-    for key in ("vocab_size", "tokenizer_sha256", "train_tokens"):
-        if fp[key] != cfg["data"].get(key):
-            raise LmlabError(
-                f"{data_path} is not the dataset this run was trained on ({key} differs); resume with the original "
-                f"dataset ({cfg['data'].get('path')})"
-            )
+    if "finetune" in cfg:
+        if data is not None:
+            raise LmlabError("a fine-tuned run resumes on the files it was started with; give no DATA_DIR")
+        parts = _finetune_parts(cfg, run_dir, train_cfg)
+    else:
+        data_path = Path(data) if data else Path(cfg["data"]["path"])
+        ds = load_dataset(data_path)
+        fp = data_fingerprint(ds)
+        for key in ("vocab_size", "tokenizer_sha256", "train_tokens"):
+            if fp[key] != cfg["data"].get(key):
+                raise LmlabError(
+                    f"{data_path} is not the dataset this run was trained on ({key} differs); resume with the "
+                    f"original dataset ({cfg['data'].get('path')})"
+                )
     path = ckpt.find_checkpoint(run_dir / "checkpoints", "latest")
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
     changes = {
@@ -227,6 +236,130 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
         cfg["train"] = train_cfg.to_dict()
         io.write_json(run_dir / "config.json", cfg)
     try:
-        return fit(ds, saved_model, train_cfg, run_dir, rt, path)
+        if "finetune" in cfg:
+            return fit(*parts[:2], train_cfg, run_dir, rt, path, parts[2])
+        return _fit_dataset(ds, saved_model, train_cfg, run_dir, rt, path)
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: a child run of a trained run, with a method's objective (and head) on labeled files
+
+
+def _file_record(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    return {"path": str(path.resolve()), "sha256": io.sha256_file(path)}
+
+
+def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) -> tuple[Any, Objective, str]:
+    """(model with its head, objective, source) of a fine-tuned run, rebuilt from its config.json; the data files
+    must be the ones it was started with."""
+    from lmlab.data.tokenizer import load_tokenizer
+    from lmlab.models import build_model
+    from lmlab.objectives.classify import Classification, ClassifyOptions
+
+    ft = cfg["finetune"]
+    for name, rec in ft["files"].items():
+        if not Path(rec["path"]).is_file() or io.sha256_file(rec["path"]) != rec["sha256"]:
+            raise LmlabError(f"the {name} file {rec['path']} is missing or changed since the run started")
+    model_cfg = ModelConfig.from_dict(cfg["model"])
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    opts = ClassifyOptions(**ft["options"])
+    objective = Classification.from_files(
+        ft["files"]["data"]["path"],
+        opts,
+        tokenizer,
+        model_cfg.block_size,
+        train_cfg.seed,
+        cfg["head"]["labels"],
+        quiet=True,
+    )
+    runtime.seed_everything(train_cfg.seed)
+    from lmlab.models.heads import SequenceClassifier
+
+    model = SequenceClassifier(build_model(model_cfg), len(cfg["head"]["labels"]))
+    return model, objective, ft["files"]["data"]["path"]
+
+
+def finetune(
+    parent: Path,
+    method: str,
+    data: Path,
+    opts: Any,
+    train_over: dict[str, Any],
+    *,
+    out: Path | None = None,
+    checkpoint: str | None = None,
+) -> TrainResult:
+    """Fine-tune the run ``parent`` with ``method`` on the labeled file ``data`` into a new child run."""
+    from lmlab.data.tokenizer import load_tokenizer
+    from lmlab.models import build_model
+    from lmlab.models.heads import SequenceClassifier
+    from lmlab.objectives.classify import RECIPE, Classification
+    from lmlab.runs import read_config
+
+    if method != "classify":
+        raise LmlabError(f"unknown fine-tuning method {method!r}; the methods are: classify")
+    pcfg = read_config(parent)
+    model_cfg = ModelConfig.from_dict(pcfg["model"])
+    if model_cfg.arch == "seq2seq":
+        raise LmlabError(f"{parent} is a translation (seq2seq) run; classification fine-tunes a gpt, rnn or lstm run")
+    if "head" in pcfg:
+        raise LmlabError(f"{parent} is already a fine-tuned classifier; fine-tune its base run instead")
+    if not (parent / "tokenizer.json").is_file():
+        raise LmlabError(f"{parent} has no tokenizer.json, so the data cannot be tokenized")
+    tokenizer = load_tokenizer(parent / "tokenizer.json")
+    weights = ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
+    seed = int(train_over.get("seed", TrainConfig.seed))
+    objective = Classification.from_files(data, opts, tokenizer, model_cfg.block_size, seed)
+    base = {**RECIPE, **{k: v for k, v in train_over.items()}}
+    bs = int(base["batch_size"])
+    if "max_steps" not in train_over:
+        base["max_steps"] = max(1, round(opts.epochs * (len(objective.train.ids) // bs)))
+    if "warmup_steps" not in train_over:
+        base["warmup_steps"] = max(1, round(0.002 * base["max_steps"]))
+    if "eval_every" not in train_over:
+        base["eval_every"] = max(1, base["max_steps"] // 10)
+    train_cfg = TrainConfig(**{**TrainConfig().to_dict(), **base})
+    run_dir = out or parent.parent / f"{parent.name}-{method}-{data.stem}"
+    if run_dir.resolve() == parent.resolve():
+        raise LmlabError(f"--out {run_dir} is the parent run itself; choose a new run directory")
+    if (run_dir / "checkpoints").exists() and any(ckpt.list_checkpoints(run_dir / "checkpoints")):
+        raise LmlabError(f"run directory {run_dir} already has checkpoints; choose another --out")
+    manifest = io.read_json(weights / "manifest.json")
+    files = {"data": _file_record(data)}
+    if opts.val is not None:
+        files["val"] = _file_record(opts.val)
+    options = dataclasses.asdict(opts)
+    if opts.val is not None:
+        options["val"] = files["val"]["path"]
+    config = {
+        "lmlab_version": __version__,
+        "objective": method,
+        "model": model_cfg.to_dict(),
+        "head": {"kind": "classify", "labels": objective.classes},
+        "train": train_cfg.to_dict(),
+        "finetune": {"method": method, "files": files, "options": options},
+        "parent": {
+            "run": str(parent.resolve()),
+            "checkpoint": weights.name,
+            "step": ckpt.read_state(weights).get("step"),
+            "model_sha256": manifest["files"]["model.safetensors"],
+            "objective": pcfg.get("objective", "lm"),
+        },
+    }
+    rt = runtime.setup(train_cfg.device, train_cfg.precision)
+    lock = io.DirLock(run_dir, "run directory")
+    if rt.is_main:
+        lock.acquire()
+        io.write_json(run_dir / "config.json", config)
+        io.write_bytes(run_dir / "tokenizer.json", (parent / "tokenizer.json").read_bytes())
+    try:
+        runtime.seed_everything(train_cfg.seed)
+        lm = build_model(model_cfg)
+        ckpt.load_weights(lm, weights)
+        model = SequenceClassifier(lm, len(objective.classes))
+        return fit(model, objective, train_cfg, run_dir, rt, None, str(data))
     finally:
         lock.release()

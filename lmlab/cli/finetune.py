@@ -1,0 +1,83 @@
+"""`lmlab finetune RUN METHOD DATA [options] [--train.X ...]`: fine-tune a trained run into a child run.
+
+Methods: ``classify`` (GPT-1: a linear head on the last token, classification + auxiliary LM loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+import tyro
+
+from lmlab.config import TrainConfig
+from lmlab.errors import LmlabError, did_you_mean
+from lmlab.objectives.classify import RECIPE, ClassifyOptions
+
+# method -> its options (one dataclass each; their fields are the method's --options)
+METHODS: dict[str, type] = {"classify": ClassifyOptions}
+USAGE = "usage: lmlab finetune RUN METHOD DATA [options]   (methods: " + ", ".join(METHODS) + ")"
+
+
+def _args_class(method: str) -> type:
+    """The arguments of one method: RUN and DATA, the method's options (flat: --aux-lm), --train.*, --out."""
+    # built with make_dataclass since the options type differs per method (string annotations could not name it)
+    fields = [
+        ("run", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN", help="the run to start from")]),
+        ("data", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DATA", help="labeled .tsv or .jsonl")]),
+        ("options", Annotated[METHODS[method], tyro.conf.OmitArgPrefixes, tyro.conf.arg(help="the method's options")]),
+        ("train", Annotated[TrainConfig, tyro.conf.arg(help="how to train; the defaults are GPT-1's recipe")]),
+        ("out", Annotated[str | None, tyro.conf.arg(help="the new run directory; default RUN-METHOD-DATA beside RUN")],
+         None),
+        ("checkpoint", Annotated[str | None, tyro.conf.arg(help="the parent's checkpoint: best, latest or step-N")],
+         None),
+    ]  # fmt: skip
+    cls = dataclasses.make_dataclass("FinetuneArgs", fields)
+    cls.__doc__ = f"Fine-tune a trained run with {method}: {METHODS[method].__doc__}"
+    return cls
+
+
+def main(argv: list[str]) -> None:
+    from lmlab.api import finetune
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    # RUN METHOD DATA come first, in that order (option values elsewhere could look like a method)
+    got = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+    if got not in METHODS:
+        hint = f"unknown method {got!r}{did_you_mean(got, METHODS)}" if got else "give the method"
+        raise LmlabError(f"{hint}; {USAGE.removeprefix('usage: ')}")
+    method = got
+    _refuse_other_methods_options(method, argv)
+    rest = argv[:1] + argv[2:]
+    default_train = TrainConfig(**{**TrainConfig().to_dict(), **RECIPE})
+    cls = _args_class(method)
+    args = tyro.cli(
+        cls,
+        args=rest,
+        prog=f"lmlab finetune RUN {method} DATA",
+        description=cls.__doc__,
+        default=cls(run="", data="", options=METHODS[method](), train=default_train),
+    )
+    changed_train = _changed(args.train, default_train)
+    options = {**dataclasses.asdict(args.options), **changed_train}
+    finetune(args.run, method, args.data, out=args.out, checkpoint=args.checkpoint, **options)
+
+
+def _changed(value: Any, default: Any) -> dict[str, Any]:
+    return {
+        f.name: getattr(value, f.name)
+        for f in dataclasses.fields(value)
+        if getattr(value, f.name) != getattr(default, f.name)
+    }
+
+
+def _refuse_other_methods_options(method: str, argv: list[str]) -> None:
+    """An option of another method is a one-line error naming its method (not tyro's unknown-option box)."""
+    mine = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(METHODS[method])}
+    for other, options in METHODS.items():
+        for f in dataclasses.fields(options):
+            flag = f"--{f.name.replace('_', '-')}"
+            if other != method and flag not in mine and any(a == flag or a.startswith(flag + "=") for a in argv):
+                raise LmlabError(f"{flag} is an option of lmlab finetune RUN {other}, not of {method}")
