@@ -33,7 +33,7 @@ def _args_class(method: str) -> type:
          None),
     ]  # fmt: skip
     cls = dataclasses.make_dataclass("FinetuneArgs", fields)
-    cls.__doc__ = f"Fine-tune a trained run with {method}: {METHODS[method].__doc__}"
+    cls.__doc__ = "lmlab finetune RUN " + method + " DATA: " + " ".join((METHODS[method].__doc__ or "").split())
     return cls
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     args = tyro.cli(
         cls,
         args=rest,
-        prog=f"lmlab finetune RUN {method} DATA",
+        prog=f"lmlab finetune RUN {method}",
         description=cls.__doc__,
         default=cls(run="", data="", options=METHODS[method](), train=default_train),
     )

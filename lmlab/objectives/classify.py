@@ -33,7 +33,8 @@ from lmlab.objectives.base import LossOut, Objective, register
 
 @dataclass
 class ClassifyOptions:
-    """Options of ``lmlab finetune RUN classify DATA``."""
+    """GPT-1 classification: a linear head on the last token's hidden state, trained with the classification
+    loss plus aux_lm times the language-modeling loss, on a labeled .tsv (with a header) or .jsonl file."""
 
     val: str | None = None  # labeled file for validation; default: hold out --val-fraction of DATA
     val_fraction: float = 0.1  # share of DATA held out for validation when --val is not given (seeded)
