@@ -279,17 +279,16 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune the trained run ``run`` with ``method`` on ``data`` into a new run that records ``run`` as its
     parent. ``classify`` (GPT-1): a linear head on the last token, loss = classification + ``aux_lm`` × LM;
-    ``data`` is a labeled .tsv (with a header) or .jsonl. ``options`` are the method's (``val``,
-    ``val_fraction``, ``aux_lm``, ``epochs`` for classify) and TrainConfig fields (``lr=1e-4``); the defaults
+    ``data`` is a labeled .tsv (with a header) or .jsonl. ``sft``: next-token loss on the assistant replies of
+    conversations rendered by lmlab's chat template (``data``: messages, prompt-completion, Alpaca, Dolly,
+    GSM8K or Self-Instruct records). ``options`` are the method's (``val``, ``val_fraction``, ``epochs``;
+    ``aux_lm`` for classify, ``format`` for sft) and TrainConfig fields (``lr=1e-4``); the defaults
     are GPT-1's recipe. ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""
-    from lmlab.objectives.classify import ClassifyOptions
+    from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
     from lmlab.training import launch
 
-    methods = {"classify": ClassifyOptions}
-    if method not in methods:
-        from lmlab.errors import did_you_mean
-
-        raise LmlabError(f"unknown fine-tuning method {method!r}{did_you_mean(method, methods)}; methods: classify")
+    finetune_method(method)  # an unknown method: a one-line error
+    methods = {m: finetune_method(m).Options for m in FINETUNE_METHODS}
     own = {f.name for f in dataclasses.fields(methods[method])}
     known = own | {f.name for f in dataclasses.fields(TrainConfig)}
     for name in options:

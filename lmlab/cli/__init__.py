@@ -21,7 +21,7 @@ class Verb:
 VERBS: dict[str, Verb] = {
     "prepare": Verb("lmlab.cli.prepare", "tokenize a corpus (char | bpe | word) into train/val token shards"),
     "train": Verb("lmlab.cli.train", "train a model (gpt | rnn | lstm | seq2seq) on a prepared dataset, or resume"),
-    "finetune": Verb("lmlab.cli.finetune", "fine-tune a trained run into a child run: classify (GPT-1 head + aux LM)"),
+    "finetune": Verb("lmlab.cli.finetune", "fine-tune a run into a child run: classify (GPT-1 head + aux LM) or sft"),
     "classify": Verb("lmlab.cli.classify", "label texts with a fine-tuned classifier run, with class probabilities"),
     "plot": Verb("lmlab.cli.plot", "draw the train/val curves of several runs in one PNG"),
     "sample": Verb("lmlab.cli.sample", "sample text from a trained run, streaming it to the terminal"),

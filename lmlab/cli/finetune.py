@@ -1,6 +1,7 @@
 """`lmlab finetune RUN METHOD DATA [options] [--train.X ...]`: fine-tune a trained run into a child run.
 
-Methods: ``classify`` (GPT-1: a linear head on the last token, classification + auxiliary LM loss).
+Methods: ``classify`` (GPT-1: a linear head on the last token, classification + auxiliary LM loss) and ``sft``
+(next-token loss on the assistant replies of conversations rendered by the chat template).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import tyro
 
 from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.objectives.classify import RECIPE, ClassifyOptions
+from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
 
 # method -> its options (one dataclass each; their fields are the method's --options)
-METHODS: dict[str, type] = {"classify": ClassifyOptions}
+METHODS: dict[str, type] = {m: finetune_method(m).Options for m in FINETUNE_METHODS}
 USAGE = "usage: lmlab finetune RUN METHOD DATA [options]   (methods: " + ", ".join(METHODS) + ")"
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
     method = got
     _refuse_other_methods_options(method, argv)
     rest = argv[:1] + argv[2:]
-    default_train = TrainConfig(**{**TrainConfig().to_dict(), **RECIPE})
+    default_train = TrainConfig(**{**TrainConfig().to_dict(), **finetune_method(method).RECIPE})
     cls = _args_class(method)
     args = tyro.cli(
         cls,

@@ -261,3 +261,50 @@ class PairLoader(Loader):
             srcs, tgts, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id, max_len=self.max_len,
             device=self.device,
         )  # fmt: skip
+
+
+class IndexedLoader(Loader):
+    """Batches of whole examples (indices 0..n-1), forever: a seeded new order every epoch (``shuffle``) or the
+    file order. An unshuffled single-process loader also yields the last partial batch, so an evaluation covers
+    every example; otherwise rank r of W takes every W-th batch and partial batches wait for another order.
+    Subclasses turn the chosen indices into tensors (``collate``)."""
+
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+        device: str | torch.device = "cpu", name: str = "train",
+    ) -> None:  # fmt: skip
+        if batch_size < 1:
+            raise LmlabError(f"batch_size must be at least 1, got {batch_size}")
+        self.n, self.batch_size = n, batch_size
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.device = torch.device(device)
+        partial = not shuffle and world_size == 1
+        per_rank = (-(-n // batch_size) if partial else n // batch_size) // world_size
+        self.cursor = Cursor(
+            name, per_rank, rank=rank, world_size=world_size,
+            identity={"seed": seed, "shuffle": shuffle, "batch_size": batch_size, "num_examples": n},
+            empty=f"the {name} split has {n:,} examples: fewer than one batch of {batch_size}"
+            + (f" per rank ({world_size} ranks)" if world_size > 1 else "") + "; use a smaller --train.batch-size",
+        )  # fmt: skip
+        self._epoch, self._order = -1, np.arange(n)
+
+    def __next__(self) -> Any:
+        epoch, b = self.cursor.advance()
+        if epoch != self._epoch:
+            self._order = (
+                np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+            )
+            self._epoch = epoch
+        i = (b * self.world_size + self.rank) * self.batch_size
+        return self.collate(self._order[i : i + self.batch_size])
+
+    def collate(self, rows: np.ndarray) -> Any:
+        raise NotImplementedError
+
+
+def pad_rows(seqs: Sequence[Sequence[int]], pad_id: int, fill: int | None = None) -> torch.Tensor:
+    """(len(seqs), longest) LongTensor of right-padded rows (``fill`` defaults to ``pad_id``)."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id if fill is None else fill, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        out[j, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out

@@ -47,9 +47,16 @@ class Objective:
     defaults of ``reduce``, ``metric_names`` and ``sample`` fit a pure next-token loss."""
 
     task: ClassVar[str] = ""  # the dataset task (meta.json "task") or method this objective trains on
+    # fine-tuning methods: their options dataclass, their default TrainConfig fields, whether they add a head
+    Options: ClassVar[type | None] = None
+    RECIPE: ClassVar[dict[str, Any]] = {}
+    has_head: ClassVar[bool] = False
 
     # real (non-padding) tokens per sequence: with batch_size it gives tokens per step for --train.tokens-per-step
     tokens_per_sequence: int = 1
+    n_train: int = 0  # fine-tuning methods: training examples (sets the steps of --epochs)
+    data_format: str = ""  # fine-tuning methods: the format the data was read as (recorded in the run)
+    summary: str = ""  # a line about the data for the log (format, split sizes, truncations), printed at the start
 
     @classmethod
     def fit_model_config(cls, ds: Any, model_cfg: Any) -> Any:
@@ -101,7 +108,20 @@ _BUILTIN = {
     "lm": "lmlab.objectives.lm",
     "translation": "lmlab.objectives.translation",
     "classify": "lmlab.objectives.classify",
+    "sft": "lmlab.objectives.sft",
 }
+# the objectives `lmlab finetune RUN METHOD DATA` trains (each has Options, RECIPE and from_files)
+FINETUNE_METHODS = ("classify", "sft")
+
+
+def finetune_method(method: str) -> type[Objective]:
+    """The objective of a fine-tuning method; an unknown method is a one-line error."""
+    if method not in FINETUNE_METHODS:
+        raise LmlabError(
+            f"unknown fine-tuning method {method!r}{did_you_mean(method, FINETUNE_METHODS)}; the methods are "
+            + ", ".join(FINETUNE_METHODS)
+        )
+    return objective_for(method)
 
 
 def register(cls: type[Objective]) -> type[Objective]:

@@ -13,7 +13,6 @@ matrix summed over batches (and over processes).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.cursor import Cursor
 from lmlab.data.formats.labeled import Example, label_names, read_labeled
-from lmlab.data.loader import Loader
+from lmlab.data.loader import IndexedLoader, pad_rows
 from lmlab.data.tokenizer import BOS, END, EOS
 from lmlab.errors import LmlabError
 from lmlab.objectives.base import LossOut, Objective, register
@@ -115,45 +113,19 @@ class ClassBatch(NamedTuple):
     lm_targets: torch.Tensor  # (B, T) the next token, −100 after the last real one
 
 
-class ExampleLoader(Loader):
-    """Batches of examples, forever: a seeded new order every epoch (``shuffle``) or file order. An unshuffled
-    single-process loader also yields the last partial batch, so evaluation covers every example."""
+class ExampleLoader(IndexedLoader):
+    """Batches of encoded examples (see ``IndexedLoader`` for the order and the last partial batch)."""
 
-    def __init__(
-        self, data: Encoded, batch_size: int, *, pad_id: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
-        world_size: int = 1, device: str | torch.device = "cpu", name: str = "train",
-    ) -> None:  # fmt: skip
-        if batch_size < 1:
-            raise LmlabError(f"batch_size must be at least 1, got {batch_size}")
-        n = len(data.ids)
-        self.data, self.batch_size, self.pad_id = data, batch_size, pad_id
-        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.device = torch.device(device)
-        partial = not shuffle and world_size == 1
-        per_rank = (-(-n // batch_size) if partial else n // batch_size) // world_size
-        self.cursor = Cursor(
-            name, per_rank, rank=rank, world_size=world_size,
-            identity={"seed": seed, "shuffle": shuffle, "batch_size": batch_size, "num_examples": n},
-            empty=f"the {name} split has {n:,} examples: fewer than one batch of {batch_size}"
-            + (f" per rank ({world_size} ranks)" if world_size > 1 else "") + "; use a smaller --train.batch-size",
-        )  # fmt: skip
-        self._epoch, self._order = -1, np.arange(n)
+    def __init__(self, data: Encoded, batch_size: int, *, pad_id: int, **kw: Any) -> None:
+        super().__init__(len(data.ids), batch_size, **kw)
+        self.data, self.pad_id = data, pad_id
 
-    def __next__(self) -> ClassBatch:
-        epoch, b = self.cursor.advance()
-        if epoch != self._epoch:
-            n = len(self.data.ids)
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._epoch = epoch
-        i = (b * self.world_size + self.rank) * self.batch_size
-        rows = self._order[i : i + self.batch_size]
+    def collate(self, rows: np.ndarray) -> ClassBatch:
         seqs = [self.data.ids[r] for r in rows]
         lengths = torch.tensor([len(s) for s in seqs])
-        tokens = torch.full((len(seqs), int(lengths.max())), self.pad_id, dtype=torch.long)
-        targets = torch.full_like(tokens, -100)
-        for j, s in enumerate(seqs):
-            tokens[j, : len(s)] = torch.tensor(s)
-            targets[j, : len(s) - 1] = tokens[j, 1 : len(s)]
+        tokens = pad_rows(seqs, self.pad_id)
+        targets = pad_rows([s[1:] for s in seqs], self.pad_id, fill=-100)  # the next token; -100 past the end
+        targets = torch.cat([targets, torch.full((len(seqs), tokens.size(1) - targets.size(1)), -100)], 1)
         labels = torch.from_numpy(self.data.labels[rows])
         return ClassBatch(*(x.to(self.device) for x in (tokens, lengths, labels, targets)))
 
@@ -181,16 +153,20 @@ class Classification(Objective):
     """``L2 + λ·L1`` on labeled texts, for a ``SequenceClassifier`` (``lmlab.models.heads``)."""
 
     task = "classify"
+    Options = ClassifyOptions
+    RECIPE = RECIPE
+    has_head = True
 
     def __init__(self, train: Encoded, val: Encoded, classes: list[str], aux_lm: float, pad_id: int) -> None:
         self.train, self.val, self.classes = train, val, classes
         self.aux_lm, self.pad_id = aux_lm, pad_id
         self.tokens_per_sequence = max(1, round(sum(map(len, train.ids)) / len(train.ids)))
+        self.n_train = len(train.ids)
 
     @classmethod
     def from_files(
         cls, data: str | Path, opts: ClassifyOptions, tokenizer: Any, block_size: int, seed: int,
-        classes: list[str] | None = None, quiet: bool = False,
+        classes: list[str] | None = None,
     ) -> Classification:  # fmt: skip
         """Read and encode ``data`` (and ``opts.val``, or a seeded held-out share of ``data``). ``classes`` fixes
         the label order (a resumed run's); by default it comes from the training labels."""
@@ -211,10 +187,12 @@ class Classification(Objective):
         enc_train = encode(train, tokenizer, block_size, classes, Path(data).name)
         enc_val = encode(val, tokenizer, block_size, classes, val_where)
         cut = enc_train.truncated + enc_val.truncated
-        if cut and not quiet:
-            print(f"note: {cut} example(s) longer than block_size {block_size} were truncated", file=sys.stderr)
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        return cls(enc_train, enc_val, classes, opts.aux_lm, pad)
+        obj = cls(enc_train, enc_val, classes, opts.aux_lm, pad)
+        obj.summary = f"{Path(data).name}: {len(train):,} training and {len(val):,} validation examples; classes " + (
+            ", ".join(classes) + (f"; {cut} cut to block_size {block_size}" if cut else "")
+        )
+        return obj
 
     def batches(self, split, *, batch_size, seed, rank=0, world_size=1, device="cpu") -> ExampleLoader:
         data = {"train": self.train, "val": self.val}.get(split)

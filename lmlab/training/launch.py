@@ -147,6 +147,8 @@ def fit(
     try:
         trainer = Trainer(model, objective, train_cfg, run_dir, rt, resume_from=resume_from)
         if rt.is_main:
+            if objective.summary:
+                print(f"data: {objective.summary}", file=sys.stderr)
             n = model.num_params()
             print(
                 f"training {model.config.arch} ({n / 1e6:.2f}M parameters) on {source} -> {run_dir}\n"
@@ -252,12 +254,22 @@ def _file_record(path: str | Path) -> dict[str, str]:
     return {"path": str(path.resolve()), "sha256": io.sha256_file(path)}
 
 
-def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) -> tuple[Any, Objective, str]:
-    """(model with its head, objective, source) of a fine-tuned run, rebuilt from its config.json; the data files
-    must be the ones it was started with."""
-    from lmlab.data.tokenizer import load_tokenizer
+def _finetune_model(model_cfg: ModelConfig, objective: Objective, weights: Path | None = None) -> torch.nn.Module:
+    """The model a method trains: the language model (from ``weights``), plus the method's head if it has one."""
     from lmlab.models import build_model
-    from lmlab.objectives.classify import Classification, ClassifyOptions
+    from lmlab.models.heads import SequenceClassifier
+
+    lm = build_model(model_cfg)
+    if weights is not None:
+        ckpt.load_weights(lm, weights)
+    return SequenceClassifier(lm, len(objective.classes)) if objective.has_head else lm
+
+
+def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) -> tuple[Any, Objective, str]:
+    """(model, objective, source) of a fine-tuned run, rebuilt from its config.json; the data files must be the ones
+    it was started with."""
+    from lmlab.data.tokenizer import load_tokenizer
+    from lmlab.objectives.base import finetune_method
 
     ft = cfg["finetune"]
     for name, rec in ft["files"].items():
@@ -265,21 +277,14 @@ def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) 
             raise LmlabError(f"the {name} file {rec['path']} is missing or changed since the run started")
     model_cfg = ModelConfig.from_dict(cfg["model"])
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    opts = ClassifyOptions(**ft["options"])
-    objective = Classification.from_files(
-        ft["files"]["data"]["path"],
-        opts,
-        tokenizer,
-        model_cfg.block_size,
-        train_cfg.seed,
-        cfg["head"]["labels"],
-        quiet=True,
-    )
+    method = finetune_method(ft["method"])
+    extra = {"classes": cfg["head"]["labels"]} if method.has_head else {}
+    objective = method.from_files(
+        ft["files"]["data"]["path"], method.Options(**ft["options"]), tokenizer, model_cfg.block_size,
+        train_cfg.seed, **extra,
+    )  # fmt: skip
     runtime.seed_everything(train_cfg.seed)
-    from lmlab.models.heads import SequenceClassifier
-
-    model = SequenceClassifier(build_model(model_cfg), len(cfg["head"]["labels"]))
-    return model, objective, ft["files"]["data"]["path"]
+    return _finetune_model(model_cfg, objective), objective, ft["files"]["data"]["path"]
 
 
 def finetune(
@@ -292,33 +297,29 @@ def finetune(
     out: Path | None = None,
     checkpoint: str | None = None,
 ) -> TrainResult:
-    """Fine-tune the run ``parent`` with ``method`` on the labeled file ``data`` into a new child run."""
+    """Fine-tune the run ``parent`` with ``method`` on the file ``data`` into a new child run."""
     from lmlab.data.tokenizer import load_tokenizer
-    from lmlab.models import build_model
-    from lmlab.models.heads import SequenceClassifier
-    from lmlab.objectives.classify import RECIPE, Classification
+    from lmlab.objectives.base import finetune_method
     from lmlab.runs import read_config
 
-    if method != "classify":
-        raise LmlabError(f"unknown fine-tuning method {method!r}; the methods are: classify")
+    objective_cls = finetune_method(method)
     pcfg = read_config(parent)
     model_cfg = ModelConfig.from_dict(pcfg["model"])
     if model_cfg.arch == "seq2seq":
-        raise LmlabError(f"{parent} is a translation (seq2seq) run; classification fine-tunes a gpt, rnn or lstm run")
+        raise LmlabError(f"{parent} is a translation (seq2seq) run; {method} fine-tunes a gpt, rnn or lstm run")
     if "head" in pcfg:
-        raise LmlabError(f"{parent} is already a fine-tuned classifier; fine-tune its base run instead")
+        raise LmlabError(f"{parent} is a fine-tuned classifier; fine-tune its base run instead")
     if not (parent / "tokenizer.json").is_file():
         raise LmlabError(f"{parent} has no tokenizer.json, so the data cannot be tokenized")
     tokenizer = load_tokenizer(parent / "tokenizer.json")
     weights = ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
     seed = int(train_over.get("seed", TrainConfig.seed))
-    objective = Classification.from_files(data, opts, tokenizer, model_cfg.block_size, seed)
-    base = {**RECIPE, **{k: v for k, v in train_over.items()}}
-    bs = int(base["batch_size"])
+    objective = objective_cls.from_files(data, opts, tokenizer, model_cfg.block_size, seed)
+    base = {**objective_cls.RECIPE, **train_over}
     if "max_steps" not in train_over:
-        base["max_steps"] = max(1, round(opts.epochs * (len(objective.train.ids) // bs)))
+        base["max_steps"] = max(1, round(opts.epochs * (objective.n_train // int(base["batch_size"]))))
     if "warmup_steps" not in train_over:
-        base["warmup_steps"] = max(1, round(0.002 * base["max_steps"]))
+        base["warmup_steps"] = max(1, round(0.002 * base["max_steps"]))  # GPT-1: 0.2% of training
     if "eval_every" not in train_over:
         base["eval_every"] = max(1, base["max_steps"] // 10)
     train_cfg = TrainConfig(**{**TrainConfig().to_dict(), **base})
@@ -329,16 +330,14 @@ def finetune(
         raise LmlabError(f"run directory {run_dir} already has checkpoints; choose another --out")
     manifest = io.read_json(weights / "manifest.json")
     files = {"data": _file_record(data)}
-    if opts.val is not None:
-        files["val"] = _file_record(opts.val)
     options = dataclasses.asdict(opts)
     if opts.val is not None:
+        files["val"] = _file_record(opts.val)
         options["val"] = files["val"]["path"]
     config = {
         "lmlab_version": __version__,
         "objective": method,
         "model": model_cfg.to_dict(),
-        "head": {"kind": "classify", "labels": objective.classes},
         "train": train_cfg.to_dict(),
         "finetune": {"method": method, "files": files, "options": options},
         "parent": {
@@ -349,6 +348,10 @@ def finetune(
             "objective": pcfg.get("objective", "lm"),
         },
     }
+    if objective_cls.has_head:
+        config["head"] = {"kind": method, "labels": objective.classes}
+    if objective.data_format:
+        config["finetune"]["format"] = objective.data_format
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
     lock = io.DirLock(run_dir, "run directory")
     if rt.is_main:
@@ -357,9 +360,7 @@ def finetune(
         io.write_bytes(run_dir / "tokenizer.json", (parent / "tokenizer.json").read_bytes())
     try:
         runtime.seed_everything(train_cfg.seed)
-        lm = build_model(model_cfg)
-        ckpt.load_weights(lm, weights)
-        model = SequenceClassifier(lm, len(objective.classes))
+        model = _finetune_model(model_cfg, objective, weights)
         return fit(model, objective, train_cfg, run_dir, rt, None, str(data))
     finally:
         lock.release()

@@ -214,6 +214,7 @@ def test_finetune_errors(base, labeled, tmp_path, capsys):
     train = labeled / "train.tsv"
     err(tmp_path / "nope", "classify", train, fragment="not found")
     err(base, "clasify", train, fragment="unknown method 'clasify' (did you mean 'classify'?)")
+    err(base, "classify", train, "--format", "gsm8k", fragment="--format is an option of lmlab finetune RUN sft")
     err(base, fragment="give the method")
     err(base, "classify", tmp_path / "none.tsv", fragment="none.tsv not found")
     err(base, "classify", train, "--aux-lm", "-1", fragment="--aux-lm must be 0 or more")
@@ -239,5 +240,7 @@ def test_finetune_errors(base, labeled, tmp_path, capsys):
 def test_api_refuses_options_of_other_methods_and_unknown_ones(base, labeled):
     with pytest.raises(LmlabError, match="--beam is not an option of classify"):
         lmlab.finetune(base, "classify", labeled / "train.tsv", beam=4)
-    with pytest.raises(LmlabError, match="unknown fine-tuning method 'sft'"):
-        lmlab.finetune(base, "sft", labeled / "train.tsv")
+    with pytest.raises(LmlabError, match="--format is an option of sft, not of classify"):
+        lmlab.finetune(base, "classify", labeled / "train.tsv", format="gsm8k")
+    with pytest.raises(LmlabError, match="unknown fine-tuning method 'dpo'"):
+        lmlab.finetune(base, "dpo", labeled / "train.tsv")

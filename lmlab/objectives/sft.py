@@ -1,0 +1,179 @@
+"""Supervised fine-tuning: next-token loss on the assistant's tokens of conversations rendered by the chat template.
+
+Each conversation is rendered once (``lmlab.data.chat.render``: ids and the loss mask, made together), cut to
+``block_size + 1`` tokens, and trained on as inputs ``ids[:-1]`` and targets ``ids[1:]`` with every target the
+mask does not cover set to −100: the model learns each assistant reply and the ``<|end|>`` that closes it,
+never the prompt. Conversations are right-padded in a batch. A batch with no trainable target is an error,
+not a silent step of nothing (it means the data or the template lost the assistant turns).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from lmlab.data.chat import render
+from lmlab.data.formats.chat import Conversation, Format, read_conversations
+from lmlab.data.loader import IndexedLoader, pad_rows
+from lmlab.data.tokenizer import END
+from lmlab.errors import LmlabError
+from lmlab.objectives.base import LossOut, Objective, register
+
+
+@dataclass
+class SFTOptions:
+    """Supervised fine-tuning on conversations rendered by lmlab's chat template: the loss covers every assistant
+    reply and its <|end|>, nothing else; data in any of the formats of lmlab.data.formats.chat."""
+
+    val: str | None = None  # instruction data for validation; default: hold out --val-fraction of DATA
+    val_fraction: float = 0.1  # share of DATA held out for validation when --val is not given (seeded)
+    format: Format = "auto"  # the data's format; auto = detect it from the first record
+    epochs: float = 3.0  # passes over the training conversations; sets --train.max-steps unless given
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.epochs <= 0:
+            raise LmlabError(f"--epochs must be positive, got {self.epochs}")
+
+
+RECIPE: dict[str, Any] = {
+    "lr": 1e-4,
+    "min_lr": 0.0,
+    "batch_size": 16,
+    "schedule": "linear",
+    "weight_decay": 0.0,
+    "eval_steps": 1_000_000,  # every validation batch
+    "best_metric": "val_loss",
+    "best_mode": "min",
+}
+
+
+class Rendered(NamedTuple):
+    inputs: list[list[int]]  # ids[:-1] of each conversation
+    targets: list[list[int]]  # ids[1:], −100 where the mask is 0
+    prompts: list[list[int]]  # each conversation up to its first reply, ending with <|assistant|> (for samples)
+    truncated: int
+    dropped: int  # conversations whose every reply fell past block_size
+
+
+def render_all(convs: Sequence[Conversation], tokenizer: Any, block_size: int, where: str) -> Rendered:
+    inputs, targets, prompts, truncated, dropped = [], [], [], 0, 0
+    for c in convs:
+        r = render(tokenizer, c.messages, where=f"{where}:{c.line}")
+        ids, mask = r.ids, r.mask
+        if len(ids) > block_size + 1:
+            ids, mask = ids[: block_size + 1], mask[: block_size + 1]
+            truncated += 1
+        tgt = [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
+        if all(t == -100 for t in tgt):
+            dropped += 1
+            continue
+        first = next(i for i, m in enumerate(mask) if m)  # the first reply token; <|assistant|> is just before
+        inputs.append(ids[:-1])
+        targets.append(tgt)
+        prompts.append(ids[:first])
+    return Rendered(inputs, targets, prompts, truncated, dropped)
+
+
+class SFTBatch(NamedTuple):
+    tokens: torch.Tensor  # (B, T) right-padded
+    targets: torch.Tensor  # (B, T) −100 = not trained on
+
+
+class ConversationLoader(IndexedLoader):
+    def __init__(self, data: Rendered, batch_size: int, *, pad_id: int, **kw: Any) -> None:
+        super().__init__(len(data.inputs), batch_size, **kw)
+        self.data, self.pad_id = data, pad_id
+
+    def collate(self, rows: np.ndarray) -> SFTBatch:
+        tokens = pad_rows([self.data.inputs[r] for r in rows], self.pad_id)
+        targets = pad_rows([self.data.targets[r] for r in rows], self.pad_id, fill=-100)
+        return SFTBatch(tokens.to(self.device), targets.to(self.device))
+
+
+@register
+class SFT(Objective):
+    """Mean next-token cross-entropy over the assistant tokens of rendered conversations."""
+
+    task = "sft"
+    Options = SFTOptions
+    RECIPE = RECIPE
+
+    def __init__(self, train: Rendered, val: Rendered, tokenizer: Any, fmt: str) -> None:
+        self.train, self.val, self.tokenizer, self.data_format = train, val, tokenizer, fmt
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        self.tokens_per_sequence = max(1, round(sum(map(len, train.inputs)) / len(train.inputs)))
+        self.n_train = len(train.inputs)
+
+    @classmethod
+    def from_files(cls, data: str | Path, opts: SFTOptions, tokenizer: Any, block_size: int, seed: int) -> SFT:
+        fmt, convs = read_conversations(data, opts.format)
+        if opts.val is not None:
+            train, val = convs, read_conversations(opts.val, opts.format)[1]
+        else:
+            order = np.random.default_rng(seed).permutation(len(convs))
+            n_val = max(1, round(len(convs) * opts.val_fraction))
+            if len(convs) - n_val < 1:
+                raise LmlabError(f"{data} has {len(convs)} conversation(s): too few to hold out a validation split")
+            val = [convs[i] for i in sorted(order[:n_val])]
+            train = [convs[i] for i in sorted(order[n_val:])]
+        name = Path(data).name
+        r_train = render_all(train, tokenizer, block_size, name)
+        r_val = render_all(val, tokenizer, block_size, Path(opts.val).name if opts.val else name)
+        for split, r in (("training", r_train), ("validation", r_val)):
+            if not r.inputs:
+                raise LmlabError(
+                    f"the {split} split has no conversation with an assistant reply within block_size {block_size}"
+                )
+        cut = r_train.truncated + r_val.truncated
+        gone = r_train.dropped + r_val.dropped
+        obj = cls(r_train, r_val, tokenizer, fmt)
+        obj.summary = (
+            f"{name} read as {fmt}: {len(r_train.inputs):,} training and {len(r_val.inputs):,} validation "
+            "conversations" + (f"; {cut} cut to block_size {block_size}" if cut else "")
+            + (f"; {gone} dropped (no reply within block_size)" if gone else "")
+        )  # fmt: skip
+        return obj
+
+    def batches(self, split, *, batch_size, seed, rank=0, world_size=1, device="cpu") -> ConversationLoader:
+        data = {"train": self.train, "val": self.val}.get(split)
+        if data is None:
+            raise LmlabError(f"unknown split {split!r}; choose train or val")
+        return ConversationLoader(
+            data, batch_size, pad_id=self.pad_id, shuffle=split == "train", seed=seed, rank=rank,
+            world_size=world_size, device=device, name=split,
+        )  # fmt: skip
+
+    def loss(self, model: torch.nn.Module, batch: SFTBatch) -> LossOut:
+        n = (batch.targets != -100).sum()
+        if not bool(n):
+            raise LmlabError("a batch has no assistant token to train on; the data or the chat template lost them")
+        return LossOut(model(batch.tokens, batch.targets).loss, n)
+
+    def reduce(self, outs: Sequence[LossOut]) -> dict[str, float]:
+        """Mean loss over every assistant token of the validation split (batches weighted by their tokens)."""
+        total = sum(float(o.loss) * float(o.n_tokens) for o in outs)
+        n = sum(float(o.n_tokens) for o in outs)
+        mean = total / max(n, 1.0)
+        return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+
+    def sample(self, model: torch.nn.Module, *, n_tokens: int, seed: int, rt: Any) -> str:
+        """The model's reply to the first validation conversation's first prompt, greedy, up to <|end|>."""
+        from lmlab.generation.engine import generate_ids
+        from lmlab.generation.request import GenerationRequest
+
+        end = self.tokenizer.token_to_id(END)
+        prompt = self.val.prompts[0][-(model.config.block_size - n_tokens) :] if n_tokens else []
+        if not prompt or n_tokens >= model.config.block_size:
+            return ""
+        request = GenerationRequest(max_new_tokens=n_tokens, temperature=0.0, stop_token_ids=(end,))
+        with rt.autocast():
+            done = generate_ids(model, [prompt], request, eos_id=self.tokenizer.eos_id, on_notice=lambda m: None)[0]
+        return self.tokenizer.decode([t for t in done.tokens if t != end], skip_special_tokens=True)

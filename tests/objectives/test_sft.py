@@ -1,0 +1,153 @@
+"""Supervised fine-tuning: instruction formats, the loss on assistant tokens only, and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import lmlab
+from lmlab.data.formats.chat import read_conversations
+from lmlab.data.tokenizer import train_char
+from lmlab.errors import LmlabError
+from lmlab.objectives.sft import SFT, ConversationLoader, render_all
+from tests.conftest import SHARED_DATA
+from tests.helpers import assert_one_line_error, run_cli
+
+QUIET = ["--train.no-progress", "--train.track", "none"]
+U, A = "user", "assistant"
+
+
+def jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "record, fmt, turns",
+    [
+        (
+            {"messages": [{"role": U, "content": "hi"}, {"role": A, "content": "yo"}]},
+            "messages",
+            [(U, "hi"), (A, "yo")],
+        ),
+        ({"prompt": "2+2?", "completion": "4"}, "prompt-completion", [(U, "2+2?"), (A, "4")]),
+        ({"instruction": "Sort", "input": "b a", "output": "a b"}, "alpaca", [(U, "Sort\n\nb a"), (A, "a b")]),
+        ({"instruction": "Sort", "input": "", "output": "a b"}, "alpaca", [(U, "Sort"), (A, "a b")]),
+        ({"instruction": "Say", "context": "c", "response": "r"}, "dolly", [(U, "Say\n\nc"), (A, "r")]),
+        ({"question": "q?", "answer": "a\n#### 3"}, "gsm8k", [(U, "q?"), (A, "a\n#### 3")]),
+    ],
+)
+def test_formats_are_detected_and_become_conversations(tmp_path, record, fmt, turns):
+    found, convs = read_conversations(jsonl(tmp_path / "d.jsonl", [record]))
+    assert found == fmt and [(m["role"], m["content"]) for m in convs[0].messages] == turns
+
+
+def test_self_instruct_gives_one_conversation_per_instance_and_json_arrays_are_read(tmp_path):
+    rec = {"instruction": "Add", "instances": [{"input": "1 2", "output": "3"}, {"input": "", "output": "0"}]}
+    fmt, convs = read_conversations(jsonl(tmp_path / "s.jsonl", [rec]))
+    assert fmt == "self-instruct" and [c.messages[1]["content"] for c in convs] == ["3", "0"]
+    (tmp_path / "a.json").write_text(json.dumps([{"prompt": "p", "completion": "c"}] * 2))
+    assert len(read_conversations(tmp_path / "a.json")[1]) == 2
+
+
+def test_the_shared_instruction_data_reads():
+    base = SHARED_DATA / "instruct"
+    assert read_conversations(base / "dolly" / "dolly-first12.json")[0] == "dolly"
+    assert read_conversations(base / "gsm8k" / "test.jsonl")[0] == "gsm8k"
+    fmt, convs = read_conversations(base / "self-instruct" / "seed_tasks.jsonl")
+    assert fmt == "self-instruct" and len(convs) >= 175
+
+
+@pytest.mark.parametrize(
+    "records, fmt, message",
+    [
+        ([{"text": "x"}], "auto", "cannot tell the format from the first record .text.; give --format"),
+        ([{"prompt": "p", "completion": "c"}, {"prompt": "p"}], "auto", "d.jsonl:2: a prompt-completion record needs"),
+        ([{"question": "q", "answer": ""}], "auto", "d.jsonl:1: answer is missing, empty or not text"),
+        ([{"prompt": "p", "completion": "c"}], "gsm8k", "d.jsonl:1: a gsm8k record needs question, answer"),
+        ([{"messages": [{"role": "bot", "content": "x"}]}], "auto", "d.jsonl:1: message 1 has role 'bot'"),
+        ([{"prompt": "p", "completion": "c"}], "csv", "--format 'csv': choose auto or one of"),
+    ],
+)
+def test_bad_instruction_data_names_the_line(tmp_path, records, fmt, message):
+    with pytest.raises(LmlabError, match=message):
+        read_conversations(jsonl(tmp_path / "d.jsonl", records), fmt)
+
+
+def test_targets_are_the_assistant_tokens_only_and_empty_batches_are_refused():
+    tok = train_char(["abcdefghij ?"])
+    from lmlab.data.formats.chat import Conversation
+
+    c = Conversation(({"role": "user", "content": "abc"}, {"role": "assistant", "content": "cba"}), 1)
+    r = render_all([c], tok, 64, "t")
+    inputs, targets = r.inputs[0], r.targets[0]
+    assert len(inputs) == len(targets) and tok.decode(inputs) == "<|bos|><|user|>abc<|end|><|assistant|>cba"
+    assert tok.decode([t for t in targets if t != -100]) == "cba<|end|>"
+    assert targets[: len(targets) - 4] == [-100] * (len(targets) - 4)
+    assert tok.decode(r.prompts[0]) == "<|bos|><|user|>abc<|end|><|assistant|>"
+    cut = render_all([c], tok, 6, "t")  # the reply starts at token 7: nothing left to learn
+    assert cut.inputs == [] and cut.dropped == 1
+    sft = SFT(r, r, tok, "messages")
+    batch = next(ConversationLoader(r, 1, pad_id=0, shuffle=False))
+    with pytest.raises(LmlabError, match="a batch has no assistant token to train on"):
+        sft.loss(None, batch._replace(targets=torch.full_like(batch.targets, -100)))
+
+
+# -- the real CLI on a tiny model --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, shakespeare_char):
+    run = tmp_path_factory.mktemp("runs") / "base"
+    lmlab.train(shakespeare_char, "tiny", out=run, max_steps=10, eval_every=0, progress=False, track="none")
+    return run
+
+
+@pytest.fixture(scope="module")
+def reverse(tmp_path_factory):
+    rng = random.Random(0)
+    words = ["king", "lord", "moon", "rose", "sword", "night", "crown", "love"]
+    recs = [{"prompt": f"reverse {w}", "completion": w[::-1]} for w in (rng.choice(words) for _ in range(120))]
+    return jsonl(tmp_path_factory.mktemp("sft") / "reverse.jsonl", recs)
+
+
+def test_sft_end_to_end_and_exact_resume(base, reverse, tmp_path, capsys):
+    common = ["finetune", str(base), "sft", str(reverse), "--train.batch-size", "8", *QUIET]
+    flat = ["--train.schedule", "constant", "--train.warmup-steps", "1", "--train.eval-every", "4"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    res = run_cli([*common, "--out", str(straight), "--train.max-steps", "8", *flat], capsys)
+    assert res.code == 0, res.err
+    assert "read as prompt-completion: 108 training and 12 validation conversations" in res.err
+    cfg = json.loads((straight / "config.json").read_text())
+    assert cfg["objective"] == "sft" and cfg["finetune"]["format"] == "prompt-completion" and "head" not in cfg
+    assert cfg["parent"]["run"] == str(base.resolve())
+    assert type(lmlab.load(straight).model).__name__ == "GPT"
+    assert run_cli([*common, "--out", str(split), "--train.max-steps", "4", *flat], capsys).code == 0
+    assert run_cli(["train", "--resume", str(split), "--train.max-steps", "8", *QUIET], capsys).code == 0
+    a, b = (lmlab.load(p, checkpoint="latest").model.state_dict() for p in (straight, split))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_lowers_the_assistant_token_loss(base, reverse, tmp_path):
+    lmlab.finetune(
+        base, "sft", reverse, out=tmp_path / "r", batch_size=8, max_steps=60, eval_every=30, lr=3e-3,
+        progress=False, track="none",
+    )  # fmt: skip
+    rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(val) == 2 and val[1] < val[0] - 0.3
+
+
+def test_sft_errors(base, reverse, tmp_path, capsys):
+    def err(*args, fragment):
+        assert_one_line_error(run_cli(["finetune", *map(str, args), *QUIET], capsys), fragment, verb="finetune")
+
+    err(base, "sft", reverse, "--aux-lm", "0", fragment="--aux-lm is an option of lmlab finetune RUN classify")
+    err(base, "sft", reverse, "--format", "gsm8k", fragment="reverse.jsonl:1: a gsm8k record needs question")
+    err(base, "sft", reverse, "--val-fraction", "1.5", fragment="--val-fraction must be between 0 and 1")
+    long = jsonl(tmp_path / "long.jsonl", [{"prompt": "a" * 80, "completion": "b"}] * 4)
+    err(base, "sft", long, fragment="no conversation with an assistant reply within block_size 32")
+    err(base, "sft", reverse, "--train.batch-size", "500", fragment="fewer than one batch of 500")
