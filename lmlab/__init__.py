@@ -28,6 +28,7 @@ _EXPORTS = {
     "export_hf": "lmlab.api",
     "finetune": "lmlab.api",
     "classify": "lmlab.api",
+    "chat": "lmlab.api",
     # the types they take and return
     "LmlabError": "lmlab.errors",
     "ModelConfig": "lmlab.config",

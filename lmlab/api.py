@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "attention",
+    "chat",
     "classify",
     "evaluate",
     "export_hf",
@@ -333,3 +334,32 @@ def classify(
     labels = loaded.labels
     out = [{"label": labels[int(p.argmax())], "probs": dict(zip(labels, map(float, p)))} for p in probs]
     return out[0] if isinstance(text, str) else out
+
+
+def chat(
+    run: str | Path,
+    messages: Sequence[dict[str, str]] | str,
+    *,
+    system: str | None = None,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    **options: Any,
+) -> str:
+    """The reply of run ``run`` to a conversation (``[{"role": "user", "content": ...}, ...]``, or one user
+    message as a string). A chat model (an SFT run) sees it through lmlab's chat template and stops at
+    ``<|end|>``; a base model continues the messages' text. ``system`` adds a system message first; ``options``
+    are ``GenerationRequest`` fields (``max_new_tokens``, ``temperature``, ``seed`` ...)."""
+    from lmlab.generation.chat import stream_reply, uses_template
+    from lmlab.generation.request import GenerationRequest
+    from lmlab.runs import load
+    from lmlab.runtime import pick_device
+
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + list(messages)
+    request = GenerationRequest(**options)  # bad options fail before the model is loaded
+    loaded = load(run, checkpoint=checkpoint, device=pick_device(device))
+    if loaded.tokenizer is None:
+        raise LmlabError(f"{run} has no tokenizer.json; copy its dataset's tokenizer.json into it")
+    pieces = stream_reply(loaded.model, loaded.tokenizer, messages, request, template=uses_template(loaded.config))
+    return "".join(pieces)

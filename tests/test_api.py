@@ -22,7 +22,7 @@ def _every_module_imported():
 
 def test_every_public_function_is_called_here():
     called = {"prepare", "train", "load", "generate", "stream", "plot", "evaluate", "attention", "translate"}
-    called |= {"import_hf", "export_hf", "finetune", "classify"}
+    called |= {"import_hf", "export_hf", "finetune", "classify", "chat"}
     assert set(api.__all__) == called, "a public function was added: call it in this module too"
     assert set(api.__all__) <= set(lmlab.__all__)
 
@@ -49,6 +49,7 @@ def test_lm_verbs_end_to_end(shakespeare, tmp_path):
         tmp_path / "run", "classify", labeled, out=tmp_path / "clf", batch_size=4, max_steps=2, **QUIET
     )
     assert clf.status == "finished" and lmlab.classify(tmp_path / "clf", "a good day")["label"] in ("bad", "good")
+    assert isinstance(lmlab.chat(tmp_path / "run", "ROMEO:", max_new_tokens=3, seed=0), str)
 
 
 def test_translation_verbs_end_to_end(en_fr, tmp_path):

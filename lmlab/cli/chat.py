@@ -3,8 +3,8 @@
 A base model (trained on plain text) has no notion of turns, so the conversation is one running text:
 what you type is appended to it and the model continues it. The text is kept within the model's
 context: the prompt of each reply is the last ``block_size - reply budget`` tokens of the
-conversation. Instruction-tuned models will plug a chat template in here (``PlainText`` is the
-format of base models).
+conversation. A chat model (an SFT run) gets the conversation as messages through lmlab's chat template
+(``lmlab.generation.chat``), with an optional system message, and each reply ends at ``<|end|>``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from lmlab.generation.request import GenerationRequest
 
 HELP = "type text and the model continues it; an empty line lets it go on; /reset forgets the text, /quit leaves"
+CHAT_HELP = "type a message and the model replies; /reset forgets the conversation, /quit leaves"
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ChatConfig:
     repetition_penalty: float = 1.0  # > 1 makes tokens already in the conversation less likely; 1 = off
     seed: int | None = None  # reply i uses seed + i, so a seed reproduces a session; unset = new replies each run
     stop: tuple[str, ...] = ()  # end a reply at any of these strings (\n is a newline: "\n\n" ends at a blank line)
+    system: str | None = None  # chat models: a system message before the conversation (base models: refused)
     checkpoint: str | None = None  # best, latest or step-N; default best, else latest
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
@@ -83,6 +85,12 @@ def chat(cfg: ChatConfig, stdin: TextIO | None = None, out: TextIO | None = None
             stop=cfg.stop,
         )
     )
+    from lmlab.generation.chat import stream_reply, uses_template
+    from lmlab.runs import read_config
+
+    template = uses_template(read_config(cfg.run))
+    if cfg.system is not None and not template:
+        raise LmlabError(f"{cfg.run} is a base model with no chat template; --system needs a chat (sft) run")
     model, tok = load_for_generation(cfg.run, cfg.checkpoint, cfg.device)
     context = model.config.block_size
     reply_budget = max(1, min(cfg.max_new_tokens, context // 2))
@@ -100,8 +108,10 @@ def chat(cfg: ChatConfig, stdin: TextIO | None = None, out: TextIO | None = None
         note(f"replies are limited to {reply_budget} tokens, half of this model's {context}-token context")
     n = model.num_params() / 1e6
     out.write(f"chatting with {cfg.run} ({model.config.arch}, {n:.2f}M parameters, context {context} tokens)\n")
-    out.write(HELP + "\n")
+    out.write((CHAT_HELP if template else HELP) + "\n")
     convo = PlainText()
+    system = [{"role": "system", "content": cfg.system}] if cfg.system is not None else []
+    messages = list(system)
     turn = 0
     while True:
         try:
@@ -115,11 +125,25 @@ def chat(cfg: ChatConfig, stdin: TextIO | None = None, out: TextIO | None = None
         if command in ("/quit", "/exit", "/q"):
             return
         if command == "/reset":
-            convo = PlainText()
+            convo, messages = PlainText(), list(system)
             out.write("(conversation forgotten)\n")
             continue
         if command in ("/help", "/?"):
-            out.write(HELP + "\n")
+            out.write((CHAT_HELP if template else HELP) + "\n")
+            continue
+        turn_request = request if seed is None else request.replace(seed=seed + turn)
+        if template:
+            if not text.strip():
+                continue
+            try:
+                pieces = stream_reply(model, tok, [*messages, {"role": "user", "content": text}], turn_request,
+                                      template=True, on_notice=note)  # fmt: skip
+                reply = _show(pieces, out)
+            except LmlabError as e:  # a special token typed in, an unknown character: say so, go on
+                out.write(f"error: {e}\n")
+                continue
+            messages += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+            turn += 1
             continue
         try:
             convo.add_user(tok, text)
@@ -163,19 +187,22 @@ def _reply(model, tok, prompt: list[int], request: GenerationRequest, out: TextI
     from lmlab.generation.text import stream_events
 
     steps = stream_events(model, tok, [prompt], request)
-    pieces = []
+    return _show((ev.text for step in steps for ev in step if ev.text), out, steps.close)
+
+
+def _show(pieces, out: TextIO, close=None) -> str:
+    """Write the pieces of a reply as they come; Ctrl-C ends it early (the text so far is kept)."""
+    shown = []
     try:
-        for step in steps:
-            for ev in step:
-                if ev.text:
-                    pieces.append(ev.text)
-                    out.write(ev.text)
-                    out.flush()
+        for piece in pieces:
+            shown.append(piece)
+            out.write(piece)
+            out.flush()
     except KeyboardInterrupt:
-        steps.close()
+        (close or pieces.close)()
         out.write(" [interrupted]")
     out.write("\n")
-    return "".join(pieces)
+    return "".join(shown)
 
 
 def main(argv: list[str]) -> None:

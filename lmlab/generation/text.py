@@ -178,7 +178,10 @@ def stream_events(
         request,
         eos_id=tokenizer.eos_id,
         detokenizer=detokenizer_for(tokenizer),
-        banned_ids=() if request.allow_special_tokens else banned_special_ids(tokenizer),
+        # a stop token the request asks for (a chat model's <|end|>) must stay writable, or it could never stop
+        banned_ids=()
+        if request.allow_special_tokens
+        else [i for i in banned_special_ids(tokenizer) if i not in request.stop_token_ids],
         on_notice=on_notice,
     )
 

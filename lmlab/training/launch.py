@@ -352,6 +352,8 @@ def finetune(
         config["head"] = {"kind": method, "labels": objective.classes}
     if objective.data_format:
         config["finetune"]["format"] = objective.data_format
+    if method == "sft" or pcfg.get("chat_template"):  # a chat model, and every run descended from one
+        config["chat_template"] = "lmlab"
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
     lock = io.DirLock(run_dir, "run directory")
     if rt.is_main:
