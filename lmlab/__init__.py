@@ -29,6 +29,7 @@ _EXPORTS = {
     "finetune": "lmlab.api",
     "classify": "lmlab.api",
     "chat": "lmlab.api",
+    "merge": "lmlab.api",
     # the types they take and return
     "LmlabError": "lmlab.errors",
     "ModelConfig": "lmlab.config",

@@ -36,6 +36,7 @@ __all__ = [
     "generate",
     "import_hf",
     "load",
+    "merge",
     "plot",
     "prepare",
     "stream",
@@ -276,6 +277,7 @@ def finetune(
     *,
     out: str | Path | None = None,
     checkpoint: str | None = None,
+    lora: dict[str, Any] | None = None,
     **options: Any,
 ) -> TrainResult:
     """Fine-tune the trained run ``run`` with ``method`` on ``data`` into a new run that records ``run`` as its
@@ -284,7 +286,9 @@ def finetune(
     conversations rendered by lmlab's chat template (``data``: messages, prompt-completion, Alpaca, Dolly,
     GSM8K or Self-Instruct records). ``options`` are the method's (``val``, ``val_fraction``, ``epochs``;
     ``aux_lm`` for classify, ``format`` for sft) and TrainConfig fields (``lr=1e-4``); the defaults
-    are GPT-1's recipe. ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""
+    are GPT-1's recipe (classify) or SFT's. ``lora`` (``{"r": 8, "alpha": 16, "dropout": 0.0, "targets":
+    ["attention"]}``) trains low-rank adapters only and saves just them.
+    ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""
     from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
     from lmlab.training import launch
 
@@ -301,7 +305,12 @@ def finetune(
     train_over = {k: v for k, v in options.items() if k not in own}
     TrainConfig(**{**TrainConfig().to_dict(), **train_over})  # check the values before reading any data
     run, data = Path(run), Path(data)
-    return launch.finetune(run, method, data, opts, train_over, out=Path(out) if out else None, checkpoint=checkpoint)
+    from lmlab.models.lora import LoRAConfig
+
+    lora_cfg = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in (lora or {}).items()})
+    return launch.finetune(
+        run, method, data, opts, train_over, out=Path(out) if out else None, checkpoint=checkpoint, lora=lora_cfg
+    )
 
 
 def classify(
@@ -363,3 +372,25 @@ def chat(
         raise LmlabError(f"{run} has no tokenizer.json; copy its dataset's tokenizer.json into it")
     pieces = stream_reply(loaded.model, loaded.tokenizer, messages, request, template=uses_template(loaded.config))
     return "".join(pieces)
+
+
+def merge(run: str | Path, out: str | Path, *, checkpoint: str | None = None) -> Path:
+    """Fold the LoRA adapters of run ``run`` into its base weights and write a standalone run ``out`` (its parent
+    is ``run``; its logits equal the LoRA run's). Returns ``out``."""
+    from lmlab.models.lora import merge_lora
+    from lmlab.runs import load, read_config, save_run
+
+    run, out = Path(run), Path(out)
+    cfg = read_config(run)
+    if "lora" not in cfg:
+        raise LmlabError(f"{run} has no LoRA adapters (it was not fine-tuned with --lora.r); nothing to merge")
+    if out.resolve() == run.resolve() or (out / "config.json").exists():
+        raise LmlabError(f"{out} already holds a run; choose a new output directory")
+    loaded = load(run, checkpoint=checkpoint)
+    merge_lora(loaded.model)
+    config = {k: v for k, v in cfg.items() if k not in ("lora", "model", "parent", "resumes")}
+    config["parent"] = {
+        "run": str(run.resolve()), "checkpoint": loaded.checkpoint.name, "step": loaded.state.get("step"),
+        "objective": cfg.get("objective"), "method": "merge",
+    }  # fmt: skip
+    return save_run(out, loaded.model, loaded.tokenizer, extra_config=config, step=int(loaded.state.get("step", 0)))

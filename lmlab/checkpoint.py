@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from lmlab import __version__, io
 from lmlab.errors import LmlabError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 LINKS = ("latest", "best")
+WEIGHTS, ADAPTER = "model.safetensors", "adapter.safetensors"  # every weight, or only a LoRA run's trained ones
 
 
 def step_name(step: int) -> str:
@@ -49,7 +50,11 @@ def write_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(step)
     with io.atomic_dir(final, on_swap=_write_manifest) as tmp:
-        save_model(model, str(tmp / "model.safetensors"), metadata={"lmlab_version": __version__})
+        if getattr(model, "saves_adapter_only", False):  # LoRA: the frozen base weights live in the parent run
+            tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(tensors, str(tmp / ADAPTER), metadata={"lmlab_version": __version__})
+        else:
+            save_model(model, str(tmp / WEIGHTS), metadata={"lmlab_version": __version__})
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer.pt")
         io.write_json(tmp / "state.json", {"step": step, **state})
@@ -85,7 +90,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{path.name}: {name} is missing"
         if io.sha256_file(f) != digest:
             return f"{path.name}: {name} does not match its sha256 (corrupted or truncated)"
-    if "model.safetensors" not in files:
+    if WEIGHTS not in files and ADAPTER not in files:
         return f"{path.name}: no model.safetensors"
     return None
 
@@ -136,9 +141,19 @@ def read_state(path: str | Path) -> dict[str, Any]:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
-    """Load ``path/model.safetensors`` into ``model``; shapes must match exactly."""
+    """Load ``path/model.safetensors`` into ``model``; shapes must match exactly. A LoRA checkpoint
+    (``adapter.safetensors``) holds exactly the model's trainable tensors; the rest must be loaded already."""
+    path = Path(path)
     try:
-        load_model(model, str(Path(path) / "model.safetensors"), strict=True, device=str(device))
+        if (path / ADAPTER).is_file():
+            tensors = load_file(str(path / ADAPTER), device=str(device))
+            wanted = {n for n, p in model.named_parameters() if p.requires_grad}
+            if set(tensors) != wanted:
+                diff = sorted(set(tensors) ^ wanted)[:3]
+                raise LmlabError(f"checkpoint {path} does not fit this model's adapters (e.g. {', '.join(diff)})")
+            model.load_state_dict(tensors, strict=False)
+        else:
+            load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
     except RuntimeError as e:
         raise LmlabError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
 

@@ -84,21 +84,50 @@ def load_run(
     return run.model, run.tokenizer, run.config
 
 
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu") -> Run:
-    """Load a run's model from ``checkpoint`` (best, latest, step-N; default best, else latest). A fine-tuned
-    classifier comes back with its head (a ``SequenceClassifier``; its labels in ``Run.labels``)."""
+def build_run_model(cfg: dict[str, Any]) -> torch.nn.Module:
+    """The model a run's config.json describes, before its own checkpoint is loaded: the architecture, a
+    classifier head, and for a LoRA run the parent's (frozen) weights with the adapters on top."""
     from lmlab.models import build_model
 
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    model_cfg = ModelConfig.from_dict(cfg["model"])
-    path = ckpt.find_checkpoint(run_dir / "checkpoints", checkpoint)
-    model = build_model(model_cfg)
+    model = build_model(ModelConfig.from_dict(cfg["model"]))
+    lora = cfg.get("lora")
+    if lora:
+        parent = cfg["parent"]
+        where = Path(parent["run"]) / "checkpoints" / parent["checkpoint"]
+        weights = where / ckpt.WEIGHTS
+        if not weights.is_file() or io.sha256_file(weights) != parent["model_sha256"]:
+            raise LmlabError(
+                f"this LoRA run keeps only its adapters; its base weights ({where}) are gone or changed. Restore the "
+                "parent run, or keep a standalone copy next time with lmlab merge"
+            )
+        ckpt.load_weights(model, where)
     head = cfg.get("head")
     if head is not None:
         from lmlab.models.heads import SequenceClassifier
 
         model = SequenceClassifier(model, len(head["labels"]))
+    if lora:
+        from lmlab.models.lora import LoRAConfig, apply_lora
+
+        apply_lora(model, LoRAConfig(**{**lora, "targets": tuple(lora["targets"])}))
+    return model
+
+
+def parent_weights_sha256(checkpoint: Path) -> str:
+    """The sha256 of a checkpoint's full weights (what a child run records); a LoRA checkpoint has none."""
+    files = io.read_json(checkpoint / "manifest.json")["files"]
+    if ckpt.WEIGHTS not in files:
+        raise LmlabError(f"{checkpoint} holds LoRA adapters only; merge that run first (lmlab merge RUN --out NEW)")
+    return files[ckpt.WEIGHTS]
+
+
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch.device = "cpu") -> Run:
+    """Load a run's model from ``checkpoint`` (best, latest, step-N; default best, else latest). A fine-tuned
+    classifier comes back with its head (a ``SequenceClassifier``; its labels in ``Run.labels``)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    path = ckpt.find_checkpoint(run_dir / "checkpoints", checkpoint)
+    model = build_run_model(cfg)
     ckpt.load_weights(model, path, device)
     model.to(device).eval()
     tokenizer = None

@@ -22,7 +22,7 @@ def _every_module_imported():
 
 def test_every_public_function_is_called_here():
     called = {"prepare", "train", "load", "generate", "stream", "plot", "evaluate", "attention", "translate"}
-    called |= {"import_hf", "export_hf", "finetune", "classify", "chat"}
+    called |= {"import_hf", "export_hf", "finetune", "classify", "chat", "merge"}
     assert set(api.__all__) == called, "a public function was added: call it in this module too"
     assert set(api.__all__) <= set(lmlab.__all__)
 
@@ -50,6 +50,12 @@ def test_lm_verbs_end_to_end(shakespeare, tmp_path):
     )
     assert clf.status == "finished" and lmlab.classify(tmp_path / "clf", "a good day")["label"] in ("bad", "good")
     assert isinstance(lmlab.chat(tmp_path / "run", "ROMEO:", max_new_tokens=3, seed=0), str)
+    lmlab.finetune(
+        tmp_path / "run", "classify", labeled, out=tmp_path / "lora", batch_size=4, max_steps=2, lora={"r": 2}
+    )
+    merged = lmlab.merge(tmp_path / "lora", tmp_path / "merged")
+    probs = lmlab.classify(tmp_path / "lora", "a bad day")["probs"]
+    assert lmlab.classify(merged, "a bad day")["probs"] == pytest.approx(probs)
 
 
 def test_translation_verbs_end_to_end(en_fr, tmp_path):

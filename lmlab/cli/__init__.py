@@ -23,6 +23,7 @@ VERBS: dict[str, Verb] = {
     "train": Verb("lmlab.cli.train", "train a model (gpt | rnn | lstm | seq2seq) on a prepared dataset, or resume"),
     "finetune": Verb("lmlab.cli.finetune", "fine-tune a run into a child run: classify (GPT-1 head + aux LM) or sft"),
     "classify": Verb("lmlab.cli.classify", "label texts with a fine-tuned classifier run, with class probabilities"),
+    "merge": Verb("lmlab.cli.merge", "fold a LoRA run's adapters into its weights: a standalone run"),
     "plot": Verb("lmlab.cli.plot", "draw the train/val curves of several runs in one PNG"),
     "sample": Verb("lmlab.cli.sample", "sample text from a trained run, streaming it to the terminal"),
     "chat": Verb("lmlab.cli.chat", "talk to a trained run in the terminal (a base model continues your text)"),

@@ -13,6 +13,7 @@ import tyro
 
 from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.models.lora import LoRAConfig
 from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
 
 # method -> its options (one dataclass each; their fields are the method's --options)
@@ -27,7 +28,8 @@ def _args_class(method: str) -> type:
         ("run", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN", help="the run to start from")]),
         ("data", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DATA", help="labeled .tsv or .jsonl")]),
         ("options", Annotated[METHODS[method], tyro.conf.OmitArgPrefixes, tyro.conf.arg(help="the method's options")]),
-        ("train", Annotated[TrainConfig, tyro.conf.arg(help="how to train; the defaults are GPT-1's recipe")]),
+        ("train", Annotated[TrainConfig, tyro.conf.arg(help="how to train; the defaults are the method's recipe")]),
+        ("lora", Annotated[LoRAConfig, tyro.conf.arg(help="low-rank adapters instead of full fine-tuning")]),
         ("out", Annotated[str | None, tyro.conf.arg(help="the new run directory; default RUN-METHOD-DATA beside RUN")],
          None),
         ("checkpoint", Annotated[str | None, tyro.conf.arg(help="the parent's checkpoint: best, latest or step-N")],
@@ -59,11 +61,12 @@ def main(argv: list[str]) -> None:
         args=rest,
         prog=f"lmlab finetune RUN {method}",
         description=cls.__doc__,
-        default=cls(run="", data="", options=METHODS[method](), train=default_train),
+        default=cls(run="", data="", options=METHODS[method](), train=default_train, lora=LoRAConfig()),
     )
     changed_train = _changed(args.train, default_train)
     options = {**dataclasses.asdict(args.options), **changed_train}
-    finetune(args.run, method, args.data, out=args.out, checkpoint=args.checkpoint, **options)
+    lora = dataclasses.asdict(args.lora) if args.lora.r else None
+    finetune(args.run, method, args.data, out=args.out, checkpoint=args.checkpoint, lora=lora, **options)
 
 
 def _changed(value: Any, default: Any) -> dict[str, Any]:

@@ -57,13 +57,15 @@ def _parent_record(parent: Path, which: str | None, ds: Dataset) -> tuple[dict[s
             f"--init-from {parent}: that run's tokenizer is not the one {ds.path} was prepared with; prepare the "
             f"data with its tokenizer (lmlab prepare SOURCE --tokenizer {tok})"
         )
+    from lmlab.runs import parent_weights_sha256
+
     path = ckpt.find_checkpoint(parent / "checkpoints", which)
-    manifest = io.read_json(path / "manifest.json")
+    sha = parent_weights_sha256(path)
     record = {
         "run": str(parent.resolve()),
         "checkpoint": path.name,
         "step": ckpt.read_state(path).get("step"),
-        "model_sha256": manifest["files"]["model.safetensors"],
+        "model_sha256": sha,
         "objective": cfg.get("objective", "lm" if cfg["model"].get("arch") != "seq2seq" else "translation"),
     }
     return record, path
@@ -283,8 +285,10 @@ def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) 
         ft["files"]["data"]["path"], method.Options(**ft["options"]), tokenizer, model_cfg.block_size,
         train_cfg.seed, **extra,
     )  # fmt: skip
+    from lmlab.runs import build_run_model
+
     runtime.seed_everything(train_cfg.seed)
-    return _finetune_model(model_cfg, objective), objective, ft["files"]["data"]["path"]
+    return build_run_model(cfg), objective, ft["files"]["data"]["path"]
 
 
 def finetune(
@@ -296,8 +300,10 @@ def finetune(
     *,
     out: Path | None = None,
     checkpoint: str | None = None,
+    lora: Any = None,
 ) -> TrainResult:
-    """Fine-tune the run ``parent`` with ``method`` on the file ``data`` into a new child run."""
+    """Fine-tune the run ``parent`` with ``method`` on the file ``data`` into a new child run; with ``lora`` (a
+    ``LoRAConfig`` with r > 0) only low-rank adapters (and a head) are trained and saved."""
     from lmlab.data.tokenizer import load_tokenizer
     from lmlab.objectives.base import finetune_method
     from lmlab.runs import read_config
@@ -328,7 +334,8 @@ def finetune(
         raise LmlabError(f"--out {run_dir} is the parent run itself; choose a new run directory")
     if (run_dir / "checkpoints").exists() and any(ckpt.list_checkpoints(run_dir / "checkpoints")):
         raise LmlabError(f"run directory {run_dir} already has checkpoints; choose another --out")
-    manifest = io.read_json(weights / "manifest.json")
+    from lmlab.runs import build_run_model, parent_weights_sha256
+
     files = {"data": _file_record(data)}
     options = dataclasses.asdict(opts)
     if opts.val is not None:
@@ -344,7 +351,7 @@ def finetune(
             "run": str(parent.resolve()),
             "checkpoint": weights.name,
             "step": ckpt.read_state(weights).get("step"),
-            "model_sha256": manifest["files"]["model.safetensors"],
+            "model_sha256": parent_weights_sha256(weights),
             "objective": pcfg.get("objective", "lm"),
         },
     }
@@ -352,6 +359,8 @@ def finetune(
         config["head"] = {"kind": method, "labels": objective.classes}
     if objective.data_format:
         config["finetune"]["format"] = objective.data_format
+    if lora is not None and lora.r:
+        config["lora"] = dataclasses.asdict(lora)
     if method == "sft" or pcfg.get("chat_template"):  # a chat model, and every run descended from one
         config["chat_template"] = "lmlab"
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
@@ -362,7 +371,12 @@ def finetune(
         io.write_bytes(run_dir / "tokenizer.json", (parent / "tokenizer.json").read_bytes())
     try:
         runtime.seed_everything(train_cfg.seed)
-        model = _finetune_model(model_cfg, objective, weights)
+        model = build_run_model(config) if "lora" in config else _finetune_model(model_cfg, objective, weights)
+        if "lora" in config:
+            from lmlab.models.lora import trainable_parameters
+
+            n, total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
+            objective.summary += f"; LoRA r={lora.r} on {', '.join(lora.targets)}: {n:,} of {total:,} parameters train"
         return fit(model, objective, train_cfg, run_dir, rt, None, str(data))
     finally:
         lock.release()
