@@ -370,6 +370,8 @@ def chat(
     loaded = load(run, checkpoint=checkpoint, device=pick_device(device))
     if loaded.tokenizer is None:
         raise LmlabError(f"{run} has no tokenizer.json; copy its dataset's tokenizer.json into it")
+    if loaded.labels is not None:
+        raise LmlabError(f"{run} is a classifier, which labels text rather than writing it; use lmlab.classify")
     pieces = stream_reply(loaded.model, loaded.tokenizer, messages, request, template=uses_template(loaded.config))
     return "".join(pieces)
 

@@ -77,6 +77,10 @@ def gpt_attention(
 
     run = Path(run)
     model, tokenizer, _ = load_run(run, checkpoint=checkpoint)
+    from lmlab.models.heads import SequenceClassifier
+
+    if isinstance(model, SequenceClassifier):  # a classifier: the attention of its language model
+        model = model.lm
     cfg = model.config
     if cfg.arch == "seq2seq":
         raise LmlabError(f'run {run} is a translation model: draw its cross-attention with --source "SENTENCE"')

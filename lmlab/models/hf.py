@@ -276,6 +276,11 @@ def export_hf_run(run: str | Path, out: str | Path, checkpoint: str | None = Non
     from lmlab.runs import load_run, read_config
 
     run = Path(run)
-    check_gpt2_shape(ModelConfig.from_dict(read_config(run)["model"]))  # before loading any weights
+    cfg = read_config(run)
+    if "head" in cfg:
+        raise LmlabError(f"{run} is a classifier; GPT-2's format has no place for its head, so it cannot be exported")
+    if "lora" in cfg:
+        raise LmlabError(f"{run} keeps LoRA adapters; merge them first (lmlab merge {run} --out NEW), then export NEW")
+    check_gpt2_shape(ModelConfig.from_dict(cfg["model"]))  # before loading any weights
     model, _, _ = load_run(run, checkpoint=checkpoint)
     return save_hf_model(model, out, run / "tokenizer.json")

@@ -179,6 +179,12 @@ def test_finetune_classify_end_to_end(base, labeled, tmp_path, capsys):
     assert label in ("other", "question") and "question" in probs
     one = lmlab.classify(run, "Who is there?")
     assert set(one["probs"]) == {"other", "question"} and sum(one["probs"].values()) == pytest.approx(1.0)
+    for verb in ("sample", "chat"):
+        assert_one_line_error(run_cli([verb, str(run)], capsys), "is a classifier", f"lmlab classify {run}")
+    with pytest.raises(LmlabError, match="is a classifier"):
+        lmlab.chat(run, "hello")
+    assert_one_line_error(run_cli(["export-hf", str(run), str(tmp_path / "hf")], capsys), "is a classifier")
+    assert lmlab.attention(run, "Who is there", out=tmp_path / "a.png").is_file()  # its language model's
     scores = run_cli(["eval", str(run)], capsys)
     assert scores.code == 0 and "accuracy" in scores.out
     saved = json.loads((run / "eval-classify.json").read_text())
