@@ -128,6 +128,7 @@ class GPT(nn.Module):
         padding_mask: Tensor | None = None,
         positions: Tensor | None = None,
         return_attention: bool = False,
+        segments: Tensor | None = None,
     ) -> ModelOutput:
         """tokens (B, T) → logits (B, T, V), loss when targets (B, T) are given (−100 = ignore).
 
@@ -135,10 +136,23 @@ class GPT(nn.Module):
         cache is returned. ``padding_mask`` (B, T_keys), True = real token, covers every key the
         tokens attend to (cached ones included). ``positions`` (B, T) overrides the default
         positions (cache length + arange(T)), e.g. for left-padded batches. ``return_attention``
-        takes the explicit attention path and returns every layer's weights.
+        takes the explicit attention path and returns every layer's weights. ``segments`` (B, T) packs several
+        sequences in a row: a token attends only to earlier tokens with the same segment id, and positions
+        restart at each segment, so every sequence is computed as if it were alone (no cache).
         """
         B, T = tokens.shape
         offset = 0
+        seg_mask = None
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("segments (packed sequences) cannot be combined with a KV cache")
+            idx = torch.arange(T, device=tokens.device)
+            starts = torch.ones_like(segments, dtype=torch.bool)
+            starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+            if positions is None:  # each segment from position 0
+                positions = idx - torch.where(starts, idx, 0).cummax(dim=1).values  # (B, T)
+            causal = idx[None, :] <= idx[:, None]  # (T, T)
+            seg_mask = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
         if cache is not None:
             cache.check_room(T)
             offset = cache.length
@@ -153,7 +167,9 @@ class GPT(nn.Module):
         # The fused kernel's own causal flag is cheapest; build a mask only when it cannot express the pattern.
         k_len = offset + T
         mask, is_causal = None, False
-        if padding_mask is not None or (offset > 0 and T > 1):
+        if seg_mask is not None:
+            mask = seg_mask if padding_mask is None else seg_mask & padding_mask.to(torch.bool)[:, None, None, :]
+        elif padding_mask is not None or (offset > 0 and T > 1):
             mask = attention_mask(T, k_len, offset=offset, causal=True, padding_mask=padding_mask, device=x.device)
         elif offset == 0:
             is_causal = T > 1

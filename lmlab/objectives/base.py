@@ -64,6 +64,11 @@ class Objective:
         return model_cfg
 
     @classmethod
+    def fit_options(cls, opts: Any, model_cfg: Any) -> Any:
+        """A fine-tuning method's options adjusted to the model (e.g. no packing for a recurrent one)."""
+        return opts
+
+    @classmethod
     def from_dataset(cls, ds: Any, model_cfg: Any, tokenizer: Any = None) -> Objective:
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ not a silent step of nothing (it means the data or the template lost the assista
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class SFTOptions:
     val_fraction: float = 0.1  # share of DATA held out for validation when --val is not given (seeded)
     format: Format = "auto"  # the data's format; auto = detect it from the first record
     epochs: float = 3.0  # passes over the training conversations; sets --train.max-steps unless given
+    packing: bool = True  # several conversations per block, each seeing only itself (gpt); --no-packing pads
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -82,20 +84,51 @@ def render_all(convs: Sequence[Conversation], tokenizer: Any, block_size: int, w
     return Rendered(inputs, targets, prompts, truncated, dropped)
 
 
+class Rows(NamedTuple):
+    """What a batch is cut from: one conversation per row, or several packed in a row (``segments``)."""
+
+    inputs: list[list[int]]
+    targets: list[list[int]]
+    segments: list[list[int]] | None  # per token: which conversation of the row (1, 2, ...); None = unpacked
+
+
+def pack(data: Rendered, block_size: int) -> Rows:
+    """Conversations packed into rows of at most ``block_size`` tokens, first fit in data order (among the last
+    64 rows still open, which keeps it linear in time); each token is tagged with its conversation in the row."""
+    rows: list[tuple[list[int], list[int], list[int]]] = []
+    open_rows: list[int] = []
+    for x, y in zip(data.inputs, data.targets):
+        fit = next((i for i in open_rows if len(rows[i][0]) + len(x) <= block_size), None)
+        if fit is None:
+            rows.append(([], [], []))
+            fit = len(rows) - 1
+            open_rows = [*open_rows[-63:], fit]
+        inp, tgt, seg = rows[fit]
+        segment = (seg[-1] if seg else 0) + 1
+        inp += x
+        tgt += y
+        seg += [segment] * len(x)
+    return Rows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
 class SFTBatch(NamedTuple):
     tokens: torch.Tensor  # (B, T) right-padded
     targets: torch.Tensor  # (B, T) −100 = not trained on
+    segments: torch.Tensor | None  # (B, T) packed conversations (0 = padding), or None
 
 
 class ConversationLoader(IndexedLoader):
-    def __init__(self, data: Rendered, batch_size: int, *, pad_id: int, **kw: Any) -> None:
+    def __init__(self, data: Rows, batch_size: int, *, pad_id: int, **kw: Any) -> None:
         super().__init__(len(data.inputs), batch_size, **kw)
         self.data, self.pad_id = data, pad_id
 
     def collate(self, rows: np.ndarray) -> SFTBatch:
         tokens = pad_rows([self.data.inputs[r] for r in rows], self.pad_id)
         targets = pad_rows([self.data.targets[r] for r in rows], self.pad_id, fill=-100)
-        return SFTBatch(tokens.to(self.device), targets.to(self.device))
+        segments = None
+        if self.data.segments is not None:
+            segments = pad_rows([self.data.segments[r] for r in rows], 0).to(self.device)
+        return SFTBatch(tokens.to(self.device), targets.to(self.device), segments)
 
 
 @register
@@ -106,11 +139,20 @@ class SFT(Objective):
     Options = SFTOptions
     RECIPE = RECIPE
 
-    def __init__(self, train: Rendered, val: Rendered, tokenizer: Any, fmt: str) -> None:
+    def __init__(self, train: Rendered, val: Rendered, tokenizer: Any, fmt: str, packing: int = 0) -> None:
+        """``packing``: the block size to pack conversations into; 0 = one conversation per row."""
         self.train, self.val, self.tokenizer, self.data_format = train, val, tokenizer, fmt
+        rows = (lambda r: pack(r, packing)) if packing else (lambda r: Rows(r.inputs, r.targets, None))
+        self.rows = {"train": rows(train), "val": rows(val)}
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        self.tokens_per_sequence = max(1, round(sum(map(len, train.inputs)) / len(train.inputs)))
-        self.n_train = len(train.inputs)
+        batched = self.rows["train"].inputs  # rows of a batch: packed or not
+        self.tokens_per_sequence = max(1, round(sum(map(len, batched)) / len(batched)))
+        self.n_train = len(batched)
+
+    @classmethod
+    def fit_options(cls, opts: SFTOptions, model_cfg: Any) -> SFTOptions:
+        """Packing needs attention confined to each conversation: a recurrent model pads instead."""
+        return dataclasses.replace(opts, packing=opts.packing and model_cfg.arch == "gpt")
 
     @classmethod
     def from_files(cls, data: str | Path, opts: SFTOptions, tokenizer: Any, block_size: int, seed: int) -> SFT:
@@ -134,16 +176,17 @@ class SFT(Objective):
                 )
         cut = r_train.truncated + r_val.truncated
         gone = r_train.dropped + r_val.dropped
-        obj = cls(r_train, r_val, tokenizer, fmt)
+        obj = cls(r_train, r_val, tokenizer, fmt, block_size if opts.packing else 0)
         obj.summary = (
             f"{name} read as {fmt}: {len(r_train.inputs):,} training and {len(r_val.inputs):,} validation "
             "conversations" + (f"; {cut} cut to block_size {block_size}" if cut else "")
             + (f"; {gone} dropped (no reply within block_size)" if gone else "")
+            + (f"; packed into {len(obj.rows['train'].inputs):,} rows" if opts.packing else "")
         )  # fmt: skip
         return obj
 
     def batches(self, split, *, batch_size, seed, rank=0, world_size=1, device="cpu") -> ConversationLoader:
-        data = {"train": self.train, "val": self.val}.get(split)
+        data = self.rows.get(split)
         if data is None:
             raise LmlabError(f"unknown split {split!r}; choose train or val")
         return ConversationLoader(
@@ -155,6 +198,8 @@ class SFT(Objective):
         n = (batch.targets != -100).sum()
         if not bool(n):
             raise LmlabError("a batch has no assistant token to train on; the data or the chat template lost them")
+        if batch.segments is not None:
+            return LossOut(model(batch.tokens, batch.targets, segments=batch.segments).loss, n)
         return LossOut(model(batch.tokens, batch.targets).loss, n)
 
     def reduce(self, outs: Sequence[LossOut]) -> dict[str, float]:

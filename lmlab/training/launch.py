@@ -320,6 +320,7 @@ def finetune(
     tokenizer = load_tokenizer(parent / "tokenizer.json")
     weights = ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
     seed = int(train_over.get("seed", TrainConfig.seed))
+    opts = objective_cls.fit_options(opts, model_cfg)
     objective = objective_cls.from_files(data, opts, tokenizer, model_cfg.block_size, seed)
     base = {**objective_cls.RECIPE, **train_over}
     if "max_steps" not in train_over:

@@ -12,7 +12,7 @@ import lmlab
 from lmlab.data.formats.chat import read_conversations
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import LmlabError
-from lmlab.objectives.sft import SFT, ConversationLoader, render_all
+from lmlab.objectives.sft import SFT, ConversationLoader, SFTOptions, render_all
 from tests.conftest import SHARED_DATA
 from tests.helpers import assert_one_line_error, run_cli
 
@@ -91,7 +91,7 @@ def test_targets_are_the_assistant_tokens_only_and_empty_batches_are_refused():
     cut = render_all([c], tok, 6, "t")  # the reply starts at token 7: nothing left to learn
     assert cut.inputs == [] and cut.dropped == 1
     sft = SFT(r, r, tok, "messages")
-    batch = next(ConversationLoader(r, 1, pad_id=0, shuffle=False))
+    batch = next(ConversationLoader(sft.rows["val"], 1, pad_id=0, shuffle=False))
     with pytest.raises(LmlabError, match="a batch has no assistant token to train on"):
         sft.loss(None, batch._replace(targets=torch.full_like(batch.targets, -100)))
 
@@ -151,3 +151,56 @@ def test_sft_errors(base, reverse, tmp_path, capsys):
     long = jsonl(tmp_path / "long.jsonl", [{"prompt": "a" * 80, "completion": "b"}] * 4)
     err(base, "sft", long, fragment="no conversation with an assistant reply within block_size 32")
     err(base, "sft", reverse, "--train.batch-size", "500", fragment="fewer than one batch of 500")
+
+
+# -- packing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "sinusoidal"])
+def test_a_packed_row_computes_each_sequence_as_if_alone(pos):
+    import dataclasses
+
+    from lmlab.config import get_preset
+    from lmlab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(get_preset("tiny").model, vocab_size=30, pos=pos)).eval()
+    a, b = torch.randint(0, 30, (1, 7)), torch.randint(0, 30, (1, 5))
+    row = torch.cat([a, b, torch.zeros(1, 3, dtype=torch.long)], 1)
+    segments = torch.tensor([[1] * 7 + [2] * 5 + [0] * 3])
+    packed = model(row, segments=segments).logits
+    torch.testing.assert_close(packed[:, :7], model(a).logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, 7:12], model(b).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_places_every_conversation_once_and_gives_the_same_loss(reverse, base):
+    import dataclasses
+
+    from lmlab.config import get_preset
+    from lmlab.data.formats.chat import read_conversations as read
+    from lmlab.models import build_model
+    from lmlab.objectives.sft import pack
+
+    tok = lmlab.load(base).tokenizer
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(get_preset("tiny").model, vocab_size=tok.vocab_size, block_size=64))
+    model.eval()
+    r = render_all(read(reverse)[1], tok, model.config.block_size, "reverse.jsonl")
+    rows = pack(r, model.config.block_size)
+    assert len(rows.inputs) < len(r.inputs) and all(len(x) <= model.config.block_size for x in rows.inputs)
+    assert sorted(x for row in rows.inputs for x in row) == sorted(x for conv in r.inputs for x in conv)
+    assert all(seg == sorted(seg) and seg[0] == 1 for seg in rows.segments)
+    losses = {}
+    for packing in (0, model.config.block_size):
+        sft = SFT(r, r, tok, "prompt-completion", packing)
+        loader = sft.batches("val", batch_size=4, seed=0)
+        with torch.no_grad():
+            losses[packing] = sft.reduce([sft.loss(model, next(loader)) for _ in range(loader.batches_per_epoch)])
+    assert losses[0]["val_loss"] == pytest.approx(losses[model.config.block_size]["val_loss"], rel=1e-5)
+
+
+def test_recurrent_models_pad_instead_of_packing():
+    from lmlab.config import get_preset
+
+    assert SFT.fit_options(SFTOptions(), get_preset("tiny").model).packing
+    assert not SFT.fit_options(SFTOptions(), get_preset("lstm").model).packing
