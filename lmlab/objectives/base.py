@@ -21,6 +21,32 @@ from lmlab.errors import LmlabError, did_you_mean
 
 
 @dataclass
+class FinetuneOptions:
+    """What every fine-tuning method takes: where validation data comes from, and how long to train."""
+
+    val: str | None = None  # a file for validation; default: hold out --val-fraction of DATA
+    val_fraction: float = 0.1  # share of DATA held out for validation when --val is not given (seeded)
+    epochs: float = 3.0  # passes over the training data; sets --train.max-steps unless given
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.epochs <= 0:
+            raise LmlabError(f"--epochs must be positive, got {self.epochs}")
+
+
+def holdout(items: Sequence[Any], fraction: float, seed: int, source: Any, what: str) -> tuple[list, list]:
+    """(train, val): a seeded ``fraction`` of ``items`` held out, both in file order."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_val = max(1, round(len(items) * fraction))
+    if len(items) - n_val < 1:
+        raise LmlabError(f"{source} has {len(items)} {what}(s): too few to hold out a validation split")
+    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
+
+
+@dataclass
 class LossOut:
     """The result of one batch: the loss to minimize, how many tokens (or examples) it averages over, and
     per-batch metrics that ``Objective.reduce`` turns into evaluation metrics."""

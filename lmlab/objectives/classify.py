@@ -26,26 +26,20 @@ from lmlab.data.formats.labeled import Example, label_names, read_labeled
 from lmlab.data.loader import IndexedLoader, pad_rows
 from lmlab.data.tokenizer import BOS, END, EOS
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import LossOut, Objective, register
+from lmlab.objectives.base import FinetuneOptions, LossOut, Objective, holdout, register
 
 
 @dataclass
-class ClassifyOptions:
+class ClassifyOptions(FinetuneOptions):
     """GPT-1 classification: a linear head on the last token's hidden state, trained with the classification
     loss plus aux_lm times the language-modeling loss, on a labeled .tsv (with a header) or .jsonl file."""
 
-    val: str | None = None  # labeled file for validation; default: hold out --val-fraction of DATA
-    val_fraction: float = 0.1  # share of DATA held out for validation when --val is not given (seeded)
     aux_lm: float = 0.5  # λ of the auxiliary language-modeling loss (GPT-1: 0.5); 0 = classification only
-    epochs: float = 3.0  # passes over the training examples (GPT-1: 3); sets --train.max-steps unless given
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        super().__post_init__()
         if self.aux_lm < 0 or not math.isfinite(self.aux_lm):
             raise LmlabError(f"--aux-lm must be 0 or more, got {self.aux_lm}")
-        if self.epochs <= 0:
-            raise LmlabError(f"--epochs must be positive, got {self.epochs}")
 
 
 # GPT-1's fine-tuning recipe (§4.1): lr 6.25e-5, batch 32, linear warmup over 0.2% of training, linear decay,
@@ -174,12 +168,7 @@ class Classification(Objective):
         if opts.val is not None:
             train, val = examples, read_labeled(opts.val)
         else:
-            order = np.random.default_rng(seed).permutation(len(examples))
-            n_val = max(1, round(len(examples) * opts.val_fraction))
-            if len(examples) - n_val < 1:
-                raise LmlabError(f"{data} has {len(examples)} example(s): too few to hold out a validation split")
-            val = [examples[i] for i in sorted(order[:n_val])]
-            train = [examples[i] for i in sorted(order[n_val:])]
+            train, val = holdout(examples, opts.val_fraction, seed, data, "example")
         classes = classes or label_names(train)
         if len(classes) < 2:
             raise LmlabError(f"{data}: every training example has the label {classes[0]!r}; a classifier needs two")

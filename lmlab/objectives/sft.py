@@ -24,25 +24,16 @@ from lmlab.data.formats.chat import Conversation, Format, read_conversations
 from lmlab.data.loader import IndexedLoader, pad_rows
 from lmlab.data.tokenizer import END
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import LossOut, Objective, register
+from lmlab.objectives.base import FinetuneOptions, LossOut, Objective, holdout, register
 
 
 @dataclass
-class SFTOptions:
+class SFTOptions(FinetuneOptions):
     """Supervised fine-tuning on conversations rendered by lmlab's chat template: the loss covers every assistant
     reply and its <|end|>, nothing else; data in any of the formats of lmlab.data.formats.chat."""
 
-    val: str | None = None  # instruction data for validation; default: hold out --val-fraction of DATA
-    val_fraction: float = 0.1  # share of DATA held out for validation when --val is not given (seeded)
     format: Format = "auto"  # the data's format; auto = detect it from the first record
-    epochs: float = 3.0  # passes over the training conversations; sets --train.max-steps unless given
     packing: bool = True  # several conversations per block, each seeing only itself (gpt); --no-packing pads
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.epochs <= 0:
-            raise LmlabError(f"--epochs must be positive, got {self.epochs}")
 
 
 RECIPE: dict[str, Any] = {
@@ -160,12 +151,7 @@ class SFT(Objective):
         if opts.val is not None:
             train, val = convs, read_conversations(opts.val, opts.format)[1]
         else:
-            order = np.random.default_rng(seed).permutation(len(convs))
-            n_val = max(1, round(len(convs) * opts.val_fraction))
-            if len(convs) - n_val < 1:
-                raise LmlabError(f"{data} has {len(convs)} conversation(s): too few to hold out a validation split")
-            val = [convs[i] for i in sorted(order[:n_val])]
-            train = [convs[i] for i in sorted(order[n_val:])]
+            train, val = holdout(convs, opts.val_fraction, seed, data, "conversation")
         name = Path(data).name
         r_train = render_all(train, tokenizer, block_size, name)
         r_val = render_all(val, tokenizer, block_size, Path(opts.val).name if opts.val else name)
