@@ -196,10 +196,12 @@ class Classification(Objective):
         out = model(batch.tokens, batch.lengths, batch.lm_targets if self.aux_lm > 0 else None)
         cls_loss = F.cross_entropy(out.logits.float(), batch.labels)
         loss = cls_loss + self.aux_lm * out.lm.loss if self.aux_lm > 0 else cls_loss
+        n = batch.labels.numel()
+        if model.training:  # the metrics are for evaluation; bincount would add a device sync to every step
+            return LossOut(loss, n)
         k = len(self.classes)
         pred = out.logits.detach().argmax(-1)
         confusion = torch.bincount(batch.labels * k + pred, minlength=k * k).view(k, k)
-        n = batch.labels.numel()
         return LossOut(loss, n, {"confusion": confusion, "cls_loss_sum": cls_loss.detach() * n})
 
     @property

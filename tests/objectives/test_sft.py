@@ -12,7 +12,7 @@ import lmlab
 from lmlab.data.formats.chat import read_conversations
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import LmlabError
-from lmlab.objectives.sft import SFT, ConversationLoader, SFTOptions, render_all
+from lmlab.objectives.sft import SFT, ConversationLoader, Rows, SFTOptions, render_all
 from tests.conftest import SHARED_DATA
 from tests.helpers import assert_one_line_error, run_cli
 
@@ -92,8 +92,10 @@ def test_targets_are_the_assistant_tokens_only_and_empty_batches_are_refused():
     assert cut.inputs == [] and cut.dropped == 1
     sft = SFT(r, r, tok, "messages")
     batch = next(ConversationLoader(sft.rows["val"], 1, pad_id=0, shuffle=False))
+    assert int((batch.targets != -100).sum()) == 4
+    nothing = Rows(r.inputs, [[-100] * len(t) for t in r.targets], None)  # as if a template lost the mask
     with pytest.raises(LmlabError, match="a batch has no assistant token to train on"):
-        sft.loss(None, batch._replace(targets=torch.full_like(batch.targets, -100)))
+        next(ConversationLoader(nothing, 1, pad_id=0, shuffle=False))
 
 
 # -- the real CLI on a tiny model --------------------------------------------------------------
