@@ -237,10 +237,21 @@ def test_finetune_errors(base, labeled, tmp_path, capsys):
         write(tmp_path / "z.tsv", "sentence\tlabel\nzz\u00e9\tx\nab\ty\nab\tx\nba\ty\n"),
         fragment="z.tsv:2:",
     )
+    err(base, "classify", train, "--epochs", "0", fragment="--epochs must be positive")
+    err(base, "classify", train, "--val", tmp_path / "nova.tsv", fragment="nova.tsv not found")
+    err(base, "classify", train, "--checkpoint", "step-99", fragment="checkpoint step-99 not found")
+    err(base, "classify", train, "--lora.r", "-1", fragment="--lora.r must be 0")
     assert_one_line_error(run_cli(["classify", str(base), "hello"], capsys), "is not a classifier")
-    assert_one_line_error(
-        run_cli(["eval", str(base), "--data", str(train)], capsys), "prepare", verb="eval"
-    ) if False else None
+
+
+def test_classify_cli_errors(base, tmp_path, capsys):
+    def err(*args, fragment):
+        assert_one_line_error(run_cli(["classify", *map(str, args)], capsys), fragment, verb="classify")
+
+    err(base, fragment="nothing to classify")
+    err(base, "--file", tmp_path / "none.txt", fragment="--file")
+    blank = write(tmp_path / "blank.txt", "good\n\nbad\n")
+    err(base, "--file", blank, fragment="line 2 is empty")
 
 
 def test_api_refuses_options_of_other_methods_and_unknown_ones(base, labeled):

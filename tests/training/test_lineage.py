@@ -85,6 +85,8 @@ def test_cli_init_from_and_its_errors(base_run, shakespeare_char, tmp_path, caps
     assert_one_line_error(
         run_cli(["train", "--resume", str(base_run), "--init-from", str(base_run), *quiet], capsys), "--init-from"
     )
+    args = ["train", str(shakespeare_char), "tiny", "--init-from", str(base_run), "--init-checkpoint", "nope"]
+    assert_one_line_error(run_cli([*args, *quiet], capsys), "unknown checkpoint 'nope'")
 
 
 def test_init_from_refuses_another_tokenizer(base_run, shakespeare, tmp_path, capsys):
