@@ -23,6 +23,7 @@ _EXPORTS = {
     "stream": "lmlab.api",
     "translate": "lmlab.api",
     "evaluate": "lmlab.api",
+    "experiment": "lmlab.api",
     "attention": "lmlab.api",
     "import_hf": "lmlab.api",
     "export_hf": "lmlab.api",

@@ -31,6 +31,7 @@ __all__ = [
     "chat",
     "classify",
     "evaluate",
+    "experiment",
     "export_hf",
     "finetune",
     "generate",
@@ -278,6 +279,7 @@ def finetune(
     out: str | Path | None = None,
     checkpoint: str | None = None,
     lora: dict[str, Any] | None = None,
+    scratch: bool = False,
     **options: Any,
 ) -> TrainResult:
     """Fine-tune the trained run ``run`` with ``method`` on ``data`` into a new run that records ``run`` as its
@@ -287,7 +289,8 @@ def finetune(
     GSM8K or Self-Instruct records). ``options`` are the method's (``val``, ``val_fraction``, ``epochs``;
     ``aux_lm`` for classify, ``format`` for sft) and TrainConfig fields (``lr=1e-4``); the defaults
     are GPT-1's recipe (classify) or SFT's. ``lora`` (``{"r": 8, "alpha": 16, "dropout": 0.0, "targets":
-    ["attention"]}``) trains low-rank adapters only and saves just them.
+    ["attention"]}``) trains low-rank adapters only and saves just them. ``scratch=True`` takes only ``run``'s
+    architecture and tokenizer and starts from random weights (the "no pre-training" baseline).
     ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""
     from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
     from lmlab.training import launch
@@ -309,8 +312,9 @@ def finetune(
 
     lora_cfg = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in (lora or {}).items()})
     return launch.finetune(
-        run, method, data, opts, train_over, out=Path(out) if out else None, checkpoint=checkpoint, lora=lora_cfg
-    )
+        run, method, data, opts, train_over, out=Path(out) if out else None, checkpoint=checkpoint, lora=lora_cfg,
+        scratch=scratch,
+    )  # fmt: skip
 
 
 def classify(
@@ -396,3 +400,24 @@ def merge(run: str | Path, out: str | Path, *, checkpoint: str | None = None) ->
         "objective": cfg.get("objective"), "method": "merge",
     }  # fmt: skip
     return save_run(out, loaded.model, loaded.tokenizer, extra_config=config, step=int(loaded.state.get("step", 0)))
+
+
+def experiment(name: str, **options: Any) -> dict[str, Any]:
+    """Run the experiment ``name`` (``gpt1-ablation``, ``sft-skills``) end to end and return its results (also
+    written as NAME.md, NAME.json and NAME.png in ``out``, default runs/experiments). ``options`` are those of
+    ``lmlab experiment NAME --help`` (``quick=True``, ``seeds=3``, ``out=...``).
+    ``lmlab.experiment("gpt1-ablation", quick=True)``"""
+    import importlib
+    import inspect
+
+    from lmlab.errors import did_you_mean
+    from lmlab.experiments import EXPERIMENTS
+
+    if name not in EXPERIMENTS:
+        raise LmlabError(f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}")
+    run = importlib.import_module(EXPERIMENTS[name].module).run
+    known = inspect.signature(run).parameters
+    for key in options:
+        if key not in known:
+            raise LmlabError(f"{key!r} is not an option of experiment {name}{did_you_mean(key, known)}")
+    return run(**options)

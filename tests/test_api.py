@@ -22,7 +22,7 @@ def _every_module_imported():
 
 def test_every_public_function_is_called_here():
     called = {"prepare", "train", "load", "generate", "stream", "plot", "evaluate", "attention", "translate"}
-    called |= {"import_hf", "export_hf", "finetune", "classify", "chat", "merge"}
+    called |= {"import_hf", "export_hf", "finetune", "classify", "chat", "merge", "experiment"}
     assert set(api.__all__) == called, "a public function was added: call it in this module too"
     assert set(api.__all__) <= set(lmlab.__all__)
 
@@ -56,6 +56,9 @@ def test_lm_verbs_end_to_end(shakespeare, tmp_path):
     merged = lmlab.merge(tmp_path / "lora", tmp_path / "merged")
     probs = lmlab.classify(tmp_path / "lora", "a bad day")["probs"]
     assert lmlab.classify(merged, "a bad day")["probs"] == pytest.approx(probs)
+    # experiments run for real in tests/test_experiments.py; here, that the name is the function
+    with pytest.raises(lmlab.LmlabError, match="--seeds must be 1 or more"):
+        lmlab.experiment("gpt1-ablation", seeds=0, out=tmp_path / "exp")
 
 
 def test_translation_verbs_end_to_end(en_fr, tmp_path):

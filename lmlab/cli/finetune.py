@@ -34,6 +34,8 @@ def _args_class(method: str) -> type:
          None),
         ("checkpoint", Annotated[str | None, tyro.conf.arg(help="the parent's checkpoint: best, latest or step-N")],
          None),
+        ("scratch", Annotated[bool, tyro.conf.arg(help="random weights of RUN's shape: the no-pre-training baseline")],
+         False),
     ]  # fmt: skip
     cls = dataclasses.make_dataclass("FinetuneArgs", fields)
     cls.__doc__ = "lmlab finetune RUN " + method + " DATA: " + " ".join((METHODS[method].__doc__ or "").split())
@@ -66,7 +68,10 @@ def main(argv: list[str]) -> None:
     changed_train = _changed(args.train, default_train)
     options = {**dataclasses.asdict(args.options), **changed_train}
     lora = dataclasses.asdict(args.lora) if args.lora.r else None
-    finetune(args.run, method, args.data, out=args.out, checkpoint=args.checkpoint, lora=lora, **options)
+    finetune(
+        args.run, method, args.data, out=args.out, checkpoint=args.checkpoint, lora=lora, scratch=args.scratch,
+        **options,
+    )  # fmt: skip
 
 
 def _changed(value: Any, default: Any) -> dict[str, Any]:

@@ -301,9 +301,12 @@ def finetune(
     out: Path | None = None,
     checkpoint: str | None = None,
     lora: Any = None,
+    scratch: bool = False,
 ) -> TrainResult:
     """Fine-tune the run ``parent`` with ``method`` on the file ``data`` into a new child run; with ``lora`` (a
-    ``LoRAConfig`` with r > 0) only low-rank adapters (and a head) are trained and saved."""
+    ``LoRAConfig`` with r > 0) only low-rank adapters (and a head) are trained and saved. With ``scratch`` the
+    parent gives only its architecture and tokenizer: the weights start random (seeded by the run's seed), the
+    "no pre-training" baseline of GPT-1's ablation."""
     from lmlab.data.tokenizer import load_tokenizer
     from lmlab.objectives.base import finetune_method
     from lmlab.runs import read_config
@@ -318,7 +321,9 @@ def finetune(
     if not (parent / "tokenizer.json").is_file():
         raise LmlabError(f"{parent} has no tokenizer.json, so the data cannot be tokenized")
     tokenizer = load_tokenizer(parent / "tokenizer.json")
-    weights = ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
+    if scratch and (checkpoint is not None or (lora is not None and lora.r)):
+        raise LmlabError("--scratch starts from random weights; it takes no --checkpoint and no --lora.r")
+    weights = None if scratch else ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
     seed = int(train_over.get("seed", TrainConfig.seed))
     opts = objective_cls.fit_options(opts, model_cfg)
     objective = objective_cls.from_files(data, opts, tokenizer, model_cfg.block_size, seed)
@@ -354,7 +359,9 @@ def finetune(
             "step": ckpt.read_state(weights).get("step"),
             "model_sha256": parent_weights_sha256(weights),
             "objective": pcfg.get("objective", "lm"),
-        },
+        }
+        if weights is not None
+        else {"run": str(parent.resolve()), "checkpoint": None, "init": "random", "objective": pcfg.get("objective")},
     }
     if objective_cls.has_head:
         config["head"] = {"kind": method, "labels": objective.classes}
