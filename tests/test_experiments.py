@@ -83,6 +83,13 @@ def test_experiment_cli_errors(corpus, tmp_path, capsys):
     books = ["--books", str(corpus / "books")]
     res = run_cli(["experiment", "gpt1-ablation", *out, *books, "--train", str(tmp_path / "x.tsv")], capsys)
     assert_one_line_error(res, "--train", "x.tsv")
+    res = run_cli(["experiment", "gpt1-ablation", *out, *books, "--dev", str(tmp_path / "d.tsv")], capsys)
+    assert_one_line_error(res, "--dev", "d.tsv", "no such file or directory")
+    res = run_cli(["experiment", "gpt1-ablation", *out, *books, "--device", "gpu"], capsys)
+    assert_one_line_error(res, "unknown device 'gpu'")
+    (tmp_path / "file").write_text("")
+    res = run_cli(["experiment", "sft-skills", "--out", str(tmp_path / "file" / "ws"), *books], capsys)
+    assert_one_line_error(res, "cannot create the experiment directory", "file/ws")
     assert_one_line_error(run_cli(["experiment", "gpt1-ablation", *out, "--seeds", "0"], capsys), "--seeds must be 1")
     assert_one_line_error(run_cli(["experiment", "sft-skills", *out, "--size", "huge"], capsys), "unknown size 'huge'")
     with pytest.raises(LmlabError, match="'seed' is not an option of experiment gpt1-ablation"):

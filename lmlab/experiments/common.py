@@ -79,6 +79,9 @@ class Workspace:
     """The directory an experiment writes into, locked while it runs; runs lmlab commands in child processes."""
 
     def __init__(self, root: str | Path, *, device: str = "auto", quiet: bool = False) -> None:
+        from lmlab.runtime import pick_device
+
+        pick_device(device)  # an unknown or missing device fails here, not in the first training step
         self.root = Path(root)
         self.device = device
         self.quiet = quiet
