@@ -136,6 +136,18 @@ def find_checkpoint(root: str | Path, which: str | None = None) -> Path:
     raise LmlabError(f"{problem}, and there is no older good checkpoint in {root}")
 
 
+def read_index(root: str | Path) -> dict[str, dict[str, Any]]:
+    """``root/index.json``: each present checkpoint's step and metrics (its evaluation included), by name."""
+    root = Path(root)
+    path = root / "index.json"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        index = {}
+    present = {p.name for p in list_checkpoints(root)}
+    return {k: v for k, v in index.items() if k in present}
+
+
 def read_state(path: str | Path) -> dict[str, Any]:
     return io.read_json(Path(path) / "state.json")
 
@@ -194,13 +206,7 @@ class CheckpointManager:
         self.index: dict[str, dict[str, Any]] = self._read_index()
 
     def _read_index(self) -> dict[str, dict[str, Any]]:
-        path = self.root / "index.json"
-        try:
-            index = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        except json.JSONDecodeError:
-            index = {}
-        present = {p.name for p in list_checkpoints(self.root)}
-        return {k: v for k, v in index.items() if k in present}
+        return read_index(self.root)
 
     def _write_index(self) -> None:
         io.write_json(self.root / "index.json", self.index)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import math
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -179,17 +179,13 @@ class Workspace:
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return m, sd
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def best_metrics(run: Path) -> dict[str, float]:
     """The evaluation metrics of a run's best checkpoint (else its latest), from the checkpoints' index.json."""
     path = ckpt.find_checkpoint(run / "checkpoints")
-    index = io.read_json(run / "checkpoints" / "index.json") if (run / "checkpoints" / "index.json").is_file() else {}
-    metrics = index.get(path.name, {}).get("metrics") or ckpt.read_state(path).get("metrics") or {}
+    metrics = ckpt.read_index(run / "checkpoints").get(path.name, {}).get("metrics") or {}
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
@@ -199,7 +195,9 @@ def step_seconds(run: Path) -> float | None:
     path = run / "metrics.jsonl"
     if not path.is_file():
         return None
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    from lmlab.training.tracking import read_metrics
+
+    rows = read_metrics(path)
     times = sorted(r["tokens"] / r["step"] / r["tok_per_s"] for r in rows if r.get("tok_per_s") and r.get("step"))
     return times[len(times) // 2] if times else None
 
