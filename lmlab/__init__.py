@@ -31,6 +31,7 @@ _EXPORTS = {
     "classify": "lmlab.api",
     "chat": "lmlab.api",
     "merge": "lmlab.api",
+    "score": "lmlab.api",
     # the types they take and return
     "LmlabError": "lmlab.errors",
     "ModelConfig": "lmlab.config",

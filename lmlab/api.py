@@ -196,11 +196,24 @@ def evaluate(
     device: str = "auto",
     out: str | Path | None = None,
     show: int = 0,
+    prompts: str | Path | None = None,
+    reward: str | None = None,
+    reward_label: str | None = None,
+    reward_transform: str = "prob",
+    reference: str | Path | None = None,
+    samples: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Scores of run ``run`` on ``split`` of its dataset (or ``data``): BLEU, chrF and loss for a translation run,
     loss and perplexity for a language model; also written to RUN/eval-SPLIT.json (or ``out``). A classifier
     is scored on the labeled file ``data`` (default: its validation file): accuracy, macro-F1, Matthews
-    correlation, written to RUN/eval-classify.json."""
+    correlation, written to RUN/eval-classify.json. A reward model is scored on a preference file ``data``
+    (default: its validation file): pairwise accuracy with its standard error, mean margin (eval-reward.json).
+    With ``prompts`` and ``reward``, a policy's responses to every prompt are scored instead: mean reward, KL to
+    ``reference`` (default the run's parent), the reference's perplexity of them, distinct-2 (eval-prompts.json,
+    with the responses)."""
     import time
 
     from lmlab.data.dataset import load_dataset
@@ -211,6 +224,27 @@ def evaluate(
 
     run = Path(run)
     cfg = read_config(run)
+    if prompts is not None or reward is not None:
+        if prompts is None or reward is None:
+            raise LmlabError("scoring a policy's responses takes both --prompts FILE and --reward REWARD")
+        from lmlab.training.rl import evaluate_policy
+
+        scores = evaluate_policy(
+            run, prompts, reward, reward_label=reward_label, reward_transform=reward_transform, reference=reference,
+            samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+            checkpoint=checkpoint, device=device,
+        )  # fmt: skip
+        write_json(Path(out) if out is not None else run / "eval-prompts.json", scores)
+        return scores
+    if (cfg.get("head") or {}).get("kind") == "reward":
+        from lmlab.eval.reward import score_pairs
+
+        val = cfg.get("finetune", {}).get("files", {}).get("val", {}).get("path")
+        if data is None and val is None:
+            raise LmlabError(f"give the preference file to score {run} on with --data FILE.jsonl")
+        scores = score_pairs(run, data or val, batch_size=batch_size, checkpoint=checkpoint, device=device)
+        write_json(Path(out) if out is not None else run / "eval-reward.json", scores)
+        return scores
     if "head" in cfg:  # a classifier: scores on a labeled file (default: its validation file)
         from lmlab.eval.classify import classifier_run, score_file
 
@@ -292,11 +326,15 @@ def finetune(
     ["attention"]}``) trains low-rank adapters only and saves just them. ``scratch=True`` takes only ``run``'s
     architecture and tokenizer and starts from random weights (the "no pre-training" baseline).
     ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""
+    from lmlab.errors import did_you_mean
     from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
     from lmlab.training import launch
+    from lmlab.training.rl import METHODS as RL_METHODS
 
-    finetune_method(method)  # an unknown method: a one-line error
-    methods = {m: finetune_method(m).Options for m in FINETUNE_METHODS}
+    methods = {m: finetune_method(m).Options for m in FINETUNE_METHODS} | RL_METHODS
+    if method not in methods:
+        raise LmlabError(f"unknown fine-tuning method {method!r}{did_you_mean(method, methods)}; the methods are "
+                         + ", ".join(methods))  # fmt: skip
     own = {f.name for f in dataclasses.fields(methods[method])}
     known = own | {f.name for f in dataclasses.fields(TrainConfig)}
     for name in options:
@@ -378,6 +416,26 @@ def chat(
         raise LmlabError(f"{run} is a classifier, which labels text rather than writing it; use lmlab.classify")
     pieces = stream_reply(loaded.model, loaded.tokenizer, messages, request, template=uses_template(loaded.config))
     return "".join(pieces)
+
+
+def score(
+    run: str | Path,
+    prompt: str | Sequence[dict[str, str]],
+    responses: str | Sequence[str],
+    *,
+    label: str | None = None,
+    transform: str = "prob",
+    checkpoint: str | None = None,
+    device: str = "auto",
+) -> float | list[float]:
+    """The reward of ``responses`` (a string → one float; a list → a list) to ``prompt`` (text, or the messages before
+    the response) under a reward-model run; or, with ``label``, the probability (``transform="logprob"``: its log) of
+    that label under a classifier run. ``lmlab.score("runs/rm", "How do I bake bread?", ["Knead...", "No."])``"""
+    from lmlab.eval.reward import score as score_
+
+    values = score_(run, prompt, [responses] if isinstance(responses, str) else list(responses), label=label,
+                    transform=transform, checkpoint=checkpoint, device=device)  # fmt: skip
+    return values[0] if isinstance(responses, str) else values
 
 
 def merge(run: str | Path, out: str | Path, *, checkpoint: str | None = None) -> Path:

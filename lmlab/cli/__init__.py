@@ -21,7 +21,8 @@ class Verb:
 VERBS: dict[str, Verb] = {
     "prepare": Verb("lmlab.cli.prepare", "tokenize a corpus (char | bpe | word) into train/val token shards"),
     "train": Verb("lmlab.cli.train", "train a model (gpt | rnn | lstm | seq2seq) on a prepared dataset, or resume"),
-    "finetune": Verb("lmlab.cli.finetune", "fine-tune a run into a child run: classify (GPT-1 head + aux LM) or sft"),
+    "finetune": Verb("lmlab.cli.finetune", "fine-tune a run into a child run: classify, sft, reward, dpo, ppo or grpo"),
+    "score": Verb("lmlab.cli.score", "print the reward of responses to a prompt under a reward-model run"),
     "classify": Verb("lmlab.cli.classify", "label texts with a fine-tuned classifier run, with class probabilities"),
     "merge": Verb("lmlab.cli.merge", "fold a LoRA run's adapters into its weights: a standalone run"),
     "plot": Verb("lmlab.cli.plot", "draw the train/val curves of several runs in one PNG"),
@@ -32,8 +33,10 @@ VERBS: dict[str, Verb] = {
     "export-hf": Verb("lmlab.cli.export_hf", "write a GPT-2-shaped run as a Hugging Face checkpoint"),
     "attention": Verb("lmlab.cli.attention", "draw every head's attention weights on a text as a PNG"),
     "translate": Verb("lmlab.cli.translate", "translate sentences or a file with a seq2seq run (greedy or beam)"),
-    "experiment": Verb("lmlab.cli.experiment", "run an experiment end to end: gpt1-ablation, sft-skills"),
-    "eval": Verb("lmlab.cli.eval", "score a run on a split: BLEU, chrF and loss (translation) or loss (LM)"),
+    "experiment": Verb(
+        "lmlab.cli.experiment", "run an experiment end to end: gpt1-ablation, sft-skills, sentiment-rlhf"
+    ),
+    "eval": Verb("lmlab.cli.eval", "score a run: BLEU/chrF (translation), loss (LM), accuracy, or a policy's reward"),
 }
 
 

@@ -11,8 +11,11 @@ import tyro
 @dataclass
 class EvalConfig:
     """Score a run on a split of its dataset: BLEU, chrF and loss for translation runs; loss and perplexity
-    for language models; accuracy, macro-F1 and Matthews correlation for classifiers on a labeled --data file.
-    Writes RUN/eval-SPLIT.json (classifiers: RUN/eval-classify.json)."""
+    for language models; accuracy, macro-F1 and Matthews correlation for classifiers on a labeled --data file;
+    pairwise accuracy for reward models on a preference --data file. With --prompts and --reward, a policy's
+    responses: mean reward, KL to --reference, the reference's perplexity of them, distinct-2. Writes
+    RUN/eval-SPLIT.json (classifiers: eval-classify.json, reward models: eval-reward.json, --prompts:
+    eval-prompts.json)."""
 
     run: tyro.conf.Positional[str]  # run directory
     split: str = "test"  # translation: test | val | train; language models: val | train
@@ -24,7 +27,16 @@ class EvalConfig:
     checkpoint: str | None = None  # best, latest or step-N; default best, else latest
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     out: str | None = None  # JSON file for the scores; default RUN/eval-SPLIT.json
-    show: int = 3  # print this many example translations
+    show: int = 3  # print this many example translations (--prompts: responses)
+    prompts: str | None = None  # a prompt file (.txt or .jsonl): score the run's responses with --reward
+    reward: str | None = None  # --prompts: a reward-model run, a classifier run (with --reward-label), module:function
+    reward_label: str | None = None  # --prompts with a classifier reward: the label whose probability is the reward
+    reward_transform: str = "prob"  # --prompts with a classifier reward: prob | logprob
+    reference: str | None = None  # --prompts: the run the KL is measured to (default: the run's parent)
+    samples: int = 1  # --prompts: responses per prompt
+    max_new_tokens: int = 32  # --prompts: most tokens per response
+    temperature: float = 1.0  # --prompts: sampling temperature
+    seed: int = 0  # --prompts: sampling seed
 
 
 def main(argv: list[str]) -> None:
@@ -37,11 +49,34 @@ def main(argv: list[str]) -> None:
         description=EvalConfig.__doc__,
         config=(tyro.conf.PositionalMetavarFromFieldName,),
     )
+    policy = {}
+    if cfg.prompts is not None or cfg.reward is not None:
+        policy = dict(
+            prompts=cfg.prompts, reward=cfg.reward, reward_label=cfg.reward_label,
+            reward_transform=cfg.reward_transform, reference=cfg.reference, samples=cfg.samples,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+        )  # fmt: skip
     s = evaluate(
         cfg.run, cfg.split, data=cfg.data, beam=cfg.beam, length_penalty=cfg.length_penalty,
         batch_size=cfg.batch_size, limit=cfg.limit, checkpoint=cfg.checkpoint, device=cfg.device, out=cfg.out,
-        show=cfg.show,
+        show=cfg.show, **policy,
     )  # fmt: skip
+    if "samples" in s:
+        for ex in s["samples"][: cfg.show]:
+            print(f"  {ex['prompt']!r} => {ex['response']!r}  reward {ex['reward']:.4f}", file=sys.stderr)
+        extra = f"  KL {s['kl']:.3f}  ref ppl {s['ref_ppl']:.2f}" if "kl" in s else ""
+        print(
+            f"{cfg.run} on {s['prompts']}: reward {s['reward']:.4f} ± {s['reward_se']:.4f}{extra}  ended "
+            f"{s['ended']:.2f}  length {s['length']:.1f}  distinct-2 {s['distinct2']:.3f}  [{s['n_responses']:,} "
+            "responses]"
+        )
+        return
+    if "pair_accuracy" in s:
+        print(
+            f"{cfg.run} on {s['data']}: pairwise accuracy {s['pair_accuracy']:.4f} ± {s['pair_accuracy_se']:.4f}  "
+            f"margin {s['margin']:.4f}  [{s['n_pairs']:,} pairs]"
+        )
+        return
     for ex in s.get("examples", []):
         print(f"  {ex['source']}\n    => {ex['translation']}\n    ref {ex['references'][0]}", file=sys.stderr)
     if "accuracy" in s:

@@ -15,18 +15,34 @@ from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.models.lora import LoRAConfig
 from lmlab.objectives.base import FINETUNE_METHODS, finetune_method
+from lmlab.training.rl import METHODS as RL_METHODS
+from lmlab.training.rl import RECIPE as RL_RECIPE
 
 # method -> its options (one dataclass each; their fields are the method's --options)
-METHODS: dict[str, type] = {m: finetune_method(m).Options for m in FINETUNE_METHODS}
-USAGE = "usage: lmlab finetune RUN METHOD DATA [options]   (methods: " + ", ".join(METHODS) + ")"
+METHODS: dict[str, type] = {m: finetune_method(m).Options for m in FINETUNE_METHODS} | RL_METHODS
+USAGE = (
+    "usage: lmlab finetune RUN METHOD DATA [options]   (methods: " + ", ".join(METHODS) + "; ppo and grpo take "
+    "--reward REWARD --prompts FILE instead of DATA)"
+)
+DATA_HELP = {
+    "classify": "labeled .tsv (with a header) or .jsonl",
+    "sft": "conversations (.jsonl or a .json array)",
+    "reward": "preference pairs or rankings (.jsonl)",
+    "dpo": "preference pairs or rankings (.jsonl)",
+}
 
 
 def _args_class(method: str) -> type:
     """The arguments of one method: RUN and DATA, the method's options (flat: --aux-lm), --train.*, --out."""
     # built with make_dataclass since the options type differs per method (string annotations could not name it)
+    data = (
+        ("data", Annotated[str, tyro.conf.arg(name="prompts", help="prompts: .txt (one a line) or .jsonl")])
+        if method in RL_METHODS
+        else ("data", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DATA", help=DATA_HELP[method])])
+    )
     fields = [
         ("run", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN", help="the run to start from")]),
-        ("data", Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DATA", help="labeled .tsv or .jsonl")]),
+        data,
         ("options", Annotated[METHODS[method], tyro.conf.OmitArgPrefixes, tyro.conf.arg(help="the method's options")]),
         ("train", Annotated[TrainConfig, tyro.conf.arg(help="how to train; the defaults are the method's recipe")]),
         ("lora", Annotated[LoRAConfig, tyro.conf.arg(help="low-rank adapters instead of full fine-tuning")]),
@@ -38,7 +54,12 @@ def _args_class(method: str) -> type:
          False),
     ]  # fmt: skip
     cls = dataclasses.make_dataclass("FinetuneArgs", fields)
-    cls.__doc__ = "lmlab finetune RUN " + method + " DATA: " + " ".join((METHODS[method].__doc__ or "").split())
+    usage = (
+        f"lmlab finetune RUN {method} --reward REWARD --prompts FILE"
+        if method in RL_METHODS
+        else (f"lmlab finetune RUN {method} DATA")
+    )
+    cls.__doc__ = usage + ": " + " ".join((METHODS[method].__doc__ or "").split())
     return cls
 
 
@@ -56,7 +77,8 @@ def main(argv: list[str]) -> None:
     method = got
     _refuse_other_methods_options(method, argv)
     rest = argv[:1] + argv[2:]
-    default_train = TrainConfig(**{**TrainConfig().to_dict(), **finetune_method(method).RECIPE})
+    recipe = RL_RECIPE if method in RL_METHODS else finetune_method(method).RECIPE
+    default_train = TrainConfig(**{**TrainConfig().to_dict(), **recipe})
     cls = _args_class(method)
     args = tyro.cli(
         cls,

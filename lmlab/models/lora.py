@@ -14,6 +14,8 @@ Targets are module names: ``qkv`` and ``proj`` (attention), ``up`` and ``down`` 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.scale = alpha / r
         self.dropout = dropout
+        self.enabled = True  # False: the base layer alone (adapters_off)
 
     @property
     def weight(self) -> Tensor:  # for code that reads a layer's weight (cross-attention keys): the base's
@@ -76,6 +79,8 @@ class LoRALinear(nn.Module):
         return self.base.bias
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return self.base(x)
         h = F.dropout(x, self.dropout, self.training) if self.dropout else x
         return self.base(x) + F.linear(F.linear(h, self.lora_a), self.lora_b) * self.scale  # (…, out)
 
@@ -124,6 +129,20 @@ def merge_lora(model: nn.Module) -> int:
         p.requires_grad_(True)
     model.saves_adapter_only = False
     return len(swaps)
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` computing its base function (every adapter switched off) inside the block: DPO's and RL's
+    reference model, without a second copy of the weights."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enabled = True
 
 
 def trainable_parameters(model: nn.Module) -> int:

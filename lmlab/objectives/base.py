@@ -54,6 +54,8 @@ class LossOut:
     loss: torch.Tensor  # scalar; what backward() sees
     n_tokens: int | torch.Tensor  # units the loss is a mean over (target tokens, examples, pairs)
     metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # e.g. correct counts, margins
+    # training steps: scalar tensors the trainer averages over each log window and logs as train_NAME
+    log: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -82,6 +84,8 @@ class Objective:
     tokens_per_sequence: int = 1
     n_train: int = 0  # fine-tuning methods: training examples (sets the steps of --epochs)
     data_format: str = ""  # fine-tuning methods: the format the data was read as (recorded in the run)
+    chat: bool = False  # renders its data through the chat template (the run becomes a chat model)
+    reads_preferences: ClassVar[bool] = False  # from_files takes ``template`` (the parent is a chat model)
     summary: str = ""  # a line about the data for the log (format, split sizes, truncations), printed at the start
 
     @classmethod
@@ -124,6 +128,11 @@ class Objective:
         mean = float(total / max(1, len(outs)))  # one device sync, not one per batch
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
 
+    def prepare(self, model: torch.nn.Module, rt: Any, run_dir: Any, start: Any = None) -> None:
+        """Called once before training: what an objective needs from the starting weights (DPO: its reference).
+        ``start`` is None when ``model`` holds them (a new run), else the checkpoint they are in (a resumed run,
+        whose model is about to get its own). The default needs nothing."""
+
     def sample(self, model: torch.nn.Module, *, n_tokens: int, seed: int, rt: Any) -> str:
         """A short text for the log at each evaluation ('' = none). ``model`` is in eval mode; ``rt`` is the
         run's ``Runtime`` (device, autocast)."""
@@ -140,9 +149,11 @@ _BUILTIN = {
     "translation": "lmlab.objectives.translation",
     "classify": "lmlab.objectives.classify",
     "sft": "lmlab.objectives.sft",
+    "reward": "lmlab.objectives.reward",
+    "dpo": "lmlab.objectives.dpo",
 }
 # the objectives `lmlab finetune RUN METHOD DATA` trains (each has Options, RECIPE and from_files)
-FINETUNE_METHODS = ("classify", "sft")
+FINETUNE_METHODS = ("classify", "sft", "reward", "dpo")
 
 
 def finetune_method(method: str) -> type[Objective]:

@@ -132,6 +132,7 @@ class SFT(Objective):
     task = "sft"
     Options = SFTOptions
     RECIPE = RECIPE
+    chat = True
 
     def __init__(self, train: Rendered, val: Rendered, tokenizer: Any, fmt: str, packing: int = 0) -> None:
         """``packing``: the block size to pack conversations into; 0 = one conversation per row."""

@@ -147,6 +147,7 @@ def fit(
 ) -> TrainResult:
     """Run the trainer on a built model and objective (``source``: what it trains on, for the first line)."""
     try:
+        objective.prepare(model, rt, run_dir, None if resume_from is None else _start_weights(run_dir))
         trainer = Trainer(model, objective, train_cfg, run_dir, rt, resume_from=resume_from)
         if rt.is_main:
             if objective.summary:
@@ -176,6 +177,16 @@ def fit(
         return result
     finally:
         runtime.teardown(rt)
+
+
+def _start_weights(run_dir: Path) -> Path | None:
+    """The checkpoint a run started from (its parent's; None when it started from random weights)."""
+    from lmlab.runs import read_config
+
+    parent = read_config(run_dir).get("parent") or {}
+    if not parent.get("checkpoint"):
+        return None
+    return Path(parent["run"]) / "checkpoints" / parent["checkpoint"]
 
 
 def _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, resume_from, init_weights=None) -> TrainResult:
@@ -240,6 +251,16 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
         cfg["train"] = train_cfg.to_dict()
         io.write_json(run_dir / "config.json", cfg)
     try:
+        if "finetune" in cfg and parts[1] is None:  # PPO or GRPO
+            from lmlab.data.tokenizer import load_tokenizer
+            from lmlab.generation.chat import uses_template
+            from lmlab.training.rl import METHODS
+
+            ft = cfg["finetune"]
+            opts = METHODS[ft["method"]](**ft["options"])
+            return _fit_rl(parts[0], ft["method"], parts[2], opts, train_cfg, run_dir, rt,
+                           load_tokenizer(run_dir / "tokenizer.json"), uses_template(cfg),
+                           start=_start_weights(run_dir), resume_from=path)  # fmt: skip
         if "finetune" in cfg:
             return fit(*parts[:2], train_cfg, run_dir, rt, path, parts[2])
         return _fit_dataset(ds, saved_model, train_cfg, run_dir, rt, path)
@@ -256,7 +277,9 @@ def _file_record(path: str | Path) -> dict[str, str]:
     return {"path": str(path.resolve()), "sha256": io.sha256_file(path)}
 
 
-def _finetune_model(model_cfg: ModelConfig, objective: Objective, weights: Path | None = None) -> torch.nn.Module:
+def _finetune_model(
+    model_cfg: ModelConfig, objective: Objective | None, weights: Path | None = None
+) -> torch.nn.Module:
     """The model a method trains: the language model (from ``weights``), plus the method's head if it has one."""
     from lmlab.models import build_model
     from lmlab.models.heads import SequenceClassifier
@@ -264,7 +287,7 @@ def _finetune_model(model_cfg: ModelConfig, objective: Objective, weights: Path 
     lm = build_model(model_cfg)
     if weights is not None:
         ckpt.load_weights(lm, weights)
-    return SequenceClassifier(lm, len(objective.classes)) if objective.has_head else lm
+    return SequenceClassifier(lm, len(objective.classes)) if objective is not None and objective.has_head else lm
 
 
 def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) -> tuple[Any, Objective, str]:
@@ -272,21 +295,28 @@ def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) 
     it was started with."""
     from lmlab.data.tokenizer import load_tokenizer
     from lmlab.objectives.base import finetune_method
+    from lmlab.runs import build_run_model
+    from lmlab.training.rl import METHODS
 
     ft = cfg["finetune"]
     for name, rec in ft["files"].items():
         if not Path(rec["path"]).is_file() or io.sha256_file(rec["path"]) != rec["sha256"]:
             raise LmlabError(f"the {name} file {rec['path']} is missing or changed since the run started")
+    if ft["method"] in METHODS:
+        runtime.seed_everything(train_cfg.seed)
+        return build_run_model(cfg), None, ft["files"]["data"]["path"]
     model_cfg = ModelConfig.from_dict(cfg["model"])
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     method = finetune_method(ft["method"])
-    extra = {"classes": cfg["head"]["labels"]} if method.has_head else {}
+    extra = {"classes": cfg["head"]["labels"]} if method.task == "classify" else {}
+    if method.reads_preferences:
+        from lmlab.generation.chat import uses_template
+
+        extra["template"] = uses_template(cfg)
     objective = method.from_files(
         ft["files"]["data"]["path"], method.Options(**ft["options"]), tokenizer, model_cfg.block_size,
         train_cfg.seed, **extra,
     )  # fmt: skip
-    from lmlab.runs import build_run_model
-
     runtime.seed_everything(train_cfg.seed)
     return build_run_model(cfg), objective, ft["files"]["data"]["path"]
 
@@ -306,31 +336,47 @@ def finetune(
     """Fine-tune the run ``parent`` with ``method`` on the file ``data`` into a new child run; with ``lora`` (a
     ``LoRAConfig`` with r > 0) only low-rank adapters (and a head) are trained and saved. With ``scratch`` the
     parent gives only its architecture and tokenizer: the weights start random (seeded by the run's seed), the
-    "no pre-training" baseline of GPT-1's ablation."""
+    "no pre-training" baseline of GPT-1's ablation. ``ppo`` and ``grpo`` run the RL loop (``data``: prompts)."""
     from lmlab.data.tokenizer import load_tokenizer
+    from lmlab.generation.chat import uses_template
     from lmlab.objectives.base import finetune_method
     from lmlab.runs import read_config
+    from lmlab.training import rl
 
-    objective_cls = finetune_method(method)
+    is_rl = method in rl.METHODS
+    objective_cls = None if is_rl else finetune_method(method)
     pcfg = read_config(parent)
     model_cfg = ModelConfig.from_dict(pcfg["model"])
     if model_cfg.arch == "seq2seq":
         raise LmlabError(f"{parent} is a translation (seq2seq) run; {method} fine-tunes a gpt, rnn or lstm run")
     if "head" in pcfg:
-        raise LmlabError(f"{parent} is a fine-tuned classifier; fine-tune its base run instead")
+        what = "reward model" if pcfg["head"].get("kind") == "reward" else "classifier"
+        hint = f"; a reward model is given to RL as --reward {parent}" if is_rl else ""
+        raise LmlabError(f"{parent} is a fine-tuned {what}; fine-tune its base run instead{hint}")
     if not (parent / "tokenizer.json").is_file():
         raise LmlabError(f"{parent} has no tokenizer.json, so the data cannot be tokenized")
     tokenizer = load_tokenizer(parent / "tokenizer.json")
     if scratch and (checkpoint is not None or (lora is not None and lora.r)):
         raise LmlabError("--scratch starts from random weights; it takes no --checkpoint and no --lora.r")
+    if scratch and is_rl:
+        raise LmlabError(f"--scratch is for supervised methods; {method} starts from a trained policy")
     weights = None if scratch else ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
     seed = int(train_over.get("seed", TrainConfig.seed))
-    opts = objective_cls.fit_options(opts, model_cfg)
-    objective = objective_cls.from_files(data, opts, tokenizer, model_cfg.block_size, seed)
-    base = {**objective_cls.RECIPE, **train_over}
+    template = uses_template(pcfg)
+    if is_rl:
+        recipe = rl.RECIPE
+        n_train = len(rl.split_prompts(data, opts, seed)[0])
+        objective = None
+    else:
+        recipe = objective_cls.RECIPE
+        opts = objective_cls.fit_options(opts, model_cfg)
+        extra = {"template": template} if objective_cls.reads_preferences else {}
+        objective = objective_cls.from_files(data, opts, tokenizer, model_cfg.block_size, seed, **extra)
+        n_train = objective.n_train
+    base = {**recipe, **train_over}
     if "max_steps" not in train_over:
-        base["max_steps"] = max(1, round(opts.epochs * (objective.n_train // int(base["batch_size"]))))
-    if "warmup_steps" not in train_over:
+        base["max_steps"] = max(1, round(opts.epochs * (n_train // int(base["batch_size"]))))
+    if "warmup_steps" not in train_over and not is_rl:
         base["warmup_steps"] = max(1, round(0.002 * base["max_steps"]))  # GPT-1: 0.2% of training
     if "eval_every" not in train_over:
         base["eval_every"] = max(1, base["max_steps"] // 10)
@@ -347,6 +393,10 @@ def finetune(
     if opts.val is not None:
         files["val"] = _file_record(opts.val)
         options["val"] = files["val"]["path"]
+    if getattr(opts, "ptx_data", None) is not None:  # a dataset directory: its tokenizer is checked when it is used
+        options["ptx_data"] = str(Path(opts.ptx_data).resolve())
+    if is_rl and Path(opts.reward).is_dir():
+        options["reward"] = str(Path(opts.reward).resolve())
     config = {
         "lmlab_version": __version__,
         "objective": method,
@@ -363,13 +413,13 @@ def finetune(
         if weights is not None
         else {"run": str(parent.resolve()), "checkpoint": None, "init": "random", "objective": pcfg.get("objective")},
     }
-    if objective_cls.has_head:
-        config["head"] = {"kind": method, "labels": objective.classes}
-    if objective.data_format:
+    if objective is not None and objective_cls.has_head:
+        config["head"] = {"kind": method, "labels": list(objective.classes)}
+    if objective is not None and objective.data_format:
         config["finetune"]["format"] = objective.data_format
     if lora is not None and lora.r:
         config["lora"] = dataclasses.asdict(lora)
-    if method == "sft" or pcfg.get("chat_template"):  # a chat model, and every run descended from one
+    if (objective is not None and objective.chat) or template:  # a chat model, and every run descended from one
         config["chat_template"] = "lmlab"
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
     lock = io.DirLock(run_dir, "run directory")
@@ -384,7 +434,40 @@ def finetune(
             from lmlab.models.lora import trainable_parameters
 
             n, total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
-            objective.summary += f"; LoRA r={lora.r} on {', '.join(lora.targets)}: {n:,} of {total:,} parameters train"
+            note = f"LoRA r={lora.r} on {', '.join(lora.targets)}: {n:,} of {total:,} parameters train"
+            if objective is not None:
+                objective.summary += "; " + note
+            else:
+                print(f"lora: {note}", file=sys.stderr)
+        if is_rl:
+            return _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template)
         return fit(model, objective, train_cfg, run_dir, rt, None, str(data))
     finally:
         lock.release()
+
+
+def _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template, start=None, resume_from=None):
+    """Build and run the RL trainer (``lmlab.training.rl``) of a fine-tuned run."""
+    from lmlab.training import rl
+
+    try:
+        trainer = rl.build(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template, start=start,
+                           resume_from=resume_from)  # fmt: skip
+        if rt.is_main:
+            print(f"data: {trainer.summary}", file=sys.stderr)
+            print(
+                f"{method} on {model.config.arch} ({model.num_params() / 1e6:.2f}M parameters) -> {run_dir}\n"
+                f"  {rt.describe()}; {train_cfg.batch_size} prompts per step; steps {trainer.step} -> "
+                f"{train_cfg.max_steps}",
+                file=sys.stderr,
+            )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        if rt.is_main:
+            best = (f"; best {train_cfg.best_metric} {list(result.best.values())[1]:.4f} ({result.best['checkpoint']})"
+                    if result.best else "")  # fmt: skip
+            print(f"{result.status}: step {result.step}, {time.perf_counter() - t0:.1f}s{best}; run directory "
+                  f"{run_dir}", file=sys.stderr)  # fmt: skip
+        return result
+    finally:
+        runtime.teardown(rt)

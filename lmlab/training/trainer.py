@@ -243,6 +243,7 @@ class Trainer:
         self.fit_start = self.clock()
         window_start, window_steps, window_good = self.fit_start, 0, 0  # good = not skipped (non-finite)
         loss_sum = torch.zeros((), device=rt.device)
+        log_sums: dict[str, torch.Tensor] = {}  # the objective's own training figures (LossOut.log)
         self.model.train()
         try:
             while self.step < cfg.max_steps:
@@ -259,9 +260,12 @@ class Trainer:
                     no_sync = self.model.no_sync() if rt.distributed and not sync else nullcontext()
                     with no_sync:
                         with rt.autocast():
-                            loss = self.objective.loss(self.model, batch).loss / self.accum
+                            out = self.objective.loss(self.model, batch)
+                            loss = out.loss / self.accum
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                     step_loss += loss.detach().float()
+                    for k, v in out.log.items():  # on the device: summed without a sync until the log line
+                        log_sums[k] = log_sums.get(k, 0.0) + v.detach().float() / self.accum
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -291,6 +295,8 @@ class Trainer:
                         tok_per_s=tps,
                         mfu=tps * flops_per_token / (peak * rt.world_size),
                     )
+                    row.update({f"train_{k}": self._all_mean(v / window_steps) for k, v in log_sums.items()})
+                    log_sums.clear()
                     if self.skipped_steps:
                         row["skipped_steps"] = self.skipped_steps
                     if bar is not None:

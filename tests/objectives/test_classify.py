@@ -259,5 +259,5 @@ def test_api_refuses_options_of_other_methods_and_unknown_ones(base, labeled):
         lmlab.finetune(base, "classify", labeled / "train.tsv", beam=4)
     with pytest.raises(LmlabError, match="--format is an option of sft, not of classify"):
         lmlab.finetune(base, "classify", labeled / "train.tsv", format="gsm8k")
-    with pytest.raises(LmlabError, match="unknown fine-tuning method 'dpo'"):
-        lmlab.finetune(base, "dpo", labeled / "train.tsv")
+    with pytest.raises(LmlabError, match="unknown fine-tuning method 'rlhf'"):
+        lmlab.finetune(base, "rlhf", labeled / "train.tsv")
