@@ -203,6 +203,7 @@ def evaluate(
     reference: str | Path | None = None,
     samples: int = 1,
     max_new_tokens: int = 32,
+    min_new_tokens: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -231,8 +232,8 @@ def evaluate(
 
         scores = evaluate_policy(
             run, prompts, reward, reward_label=reward_label, reward_transform=reward_transform, reference=reference,
-            samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-            checkpoint=checkpoint, device=device,
+            samples=samples, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
+            seed=seed, batch_size=batch_size, checkpoint=checkpoint, device=device,
         )  # fmt: skip
         write_json(Path(out) if out is not None else run / "eval-prompts.json", scores)
         return scores
@@ -320,9 +321,12 @@ def finetune(
     parent. ``classify`` (GPT-1): a linear head on the last token, loss = classification + ``aux_lm`` × LM;
     ``data`` is a labeled .tsv (with a header) or .jsonl. ``sft``: next-token loss on the assistant replies of
     conversations rendered by lmlab's chat template (``data``: messages, prompt-completion, Alpaca, Dolly,
-    GSM8K or Self-Instruct records). ``options`` are the method's (``val``, ``val_fraction``, ``epochs``;
-    ``aux_lm`` for classify, ``format`` for sft) and TrainConfig fields (``lr=1e-4``); the defaults
-    are GPT-1's recipe (classify) or SFT's. ``lora`` (``{"r": 8, "alpha": 16, "dropout": 0.0, "targets":
+    GSM8K or Self-Instruct records). ``reward``: a reward model (Bradley–Terry) and ``dpo`` (DPO, IPO, hinge) on
+    preference pairs or rankings (JSONL). ``ppo`` and ``grpo``: RL with ``data`` the prompt file and
+    ``reward=`` a reward-model run, a classifier run (with ``reward_label``) or ``"module:function"``.
+    ``options`` are the method's (``val``, ``val_fraction``, ``epochs``; ``aux_lm`` for classify, ``format``
+    for sft, ``beta`` for dpo, ``kl_coef`` for ppo ...) and TrainConfig fields (``lr=1e-4``); the defaults
+    are each method's recipe (GPT-1's for classify). ``lora`` (``{"r": 8, "alpha": 16, "dropout": 0.0, "targets":
     ["attention"]}``) trains low-rank adapters only and saves just them. ``scratch=True`` takes only ``run``'s
     architecture and tokenizer and starts from random weights (the "no pre-training" baseline).
     ``lmlab.finetune("runs/base", "classify", "sst2/train.tsv", val="sst2/dev.tsv")``"""

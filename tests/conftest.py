@@ -67,6 +67,17 @@ def shakespeare_char(tmp_path_factory, shakespeare) -> Path:
 
 
 @pytest.fixture(scope="session")
+def base(tmp_path_factory, shakespeare_char) -> Path:
+    """A `tiny` GPT trained 10 steps on tiny Shakespeare (char): the parent run of the fine-tuning tests, which
+    write their child runs elsewhere and only read it."""
+    from lmlab.api import train
+
+    run = tmp_path_factory.mktemp("runs") / "base"
+    train(shakespeare_char, "tiny", out=run, max_steps=10, eval_every=0, progress=False, track="none")
+    return run
+
+
+@pytest.fixture(scope="session")
 def pairs_file(tmp_path_factory) -> Path:
     """Every 25th line of eng-fra.tsv (about 3,000 pairs of every length; the file is sorted by length)."""
     assert EN_FR.is_file(), f"tests need the shared data: {EN_FR} is missing"

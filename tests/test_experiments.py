@@ -173,3 +173,33 @@ def test_sft_skills_scores_a_base_model_by_its_first_line(corpus, tmp_path):
     scored = sft_skills.score(base, problems)
     assert set(scored["exact_match"]) == set(skills.SKILLS) and 0 <= scored["ended"] <= 100
     assert gpt1_ablation.SIZES["test"].train_examples > 0
+
+
+def test_sentiment_rlhf_runs_every_method_and_reuses_its_runs(corpus, tmp_path, capsys):
+    rng = random.Random(1)  # more review sentences than the shared corpus has: the LM's text needs a validation split
+    rows = [(" ".join(rng.choice(WORDS) for _ in range(8)), rng.randint(0, 1)) for _ in range(300)]
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    ws = tmp_path / "ws"
+    opts = dict(out=ws, size="test", train=tmp_path / "train.tsv", dev=corpus / "dev.tsv", quiet=True)
+    res = lmlab.experiment("sentiment-rlhf", **opts)
+    assert [r["row"] for r in res["rows"]] == ["start", "ppo", "grpo", "dpo1", "dpo2"]
+    start = res["rows"][0]
+    assert start["kl"] == pytest.approx(0.0, abs=1e-6)  # the starting policy is its own reference
+    for row in res["rows"]:
+        assert 0 <= row["reward"] <= 1 and row["ref_ppl"] > 0 and 0 <= row["distinct2"] <= 1
+    for row in res["rows"][1:]:
+        assert isinstance(row["goal_reward"], bool) and isinstance(row["goal_ppl"], bool)
+    assert res["rows"][1]["curve"] and res["rows"][3]["curve"] is None  # PPO has evaluations, DPO one point
+    md = (ws / "sentiment-rlhf.md").read_text()
+    assert "| PPO |" in md and "| DPO round 2 (iterated) |" in md and "Samples" in md
+    assert (ws / "sentiment-rlhf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    commands = (ws / "commands.txt").read_text().splitlines()
+    methods = [c.split()[3] for c in commands if c.startswith("lmlab finetune")]
+    assert methods == ["classify", "ppo", "grpo", "dpo", "dpo"]
+    assert sum("--ref-run" in c for c in commands) == 2  # both DPO rounds keep the starting policy as reference
+    dpo2 = json.loads((ws / res["rows"][4]["run"] / "config.json").read_text())
+    assert dpo2["parent"]["run"] == res["rows"][3]["run"]  # round 2 starts from round 1's policy
+    capsys.readouterr()
+    again = lmlab.experiment("sentiment-rlhf", **opts)
+    assert (ws / "commands.txt").read_text().splitlines() == commands  # nothing retrained or re-scored
+    assert [r["reward"] for r in again["rows"]] == [r["reward"] for r in res["rows"]]

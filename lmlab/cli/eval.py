@@ -35,6 +35,7 @@ class EvalConfig:
     reference: str | None = None  # --prompts: the run the KL is measured to (default: the run's parent)
     samples: int = 1  # --prompts: responses per prompt
     max_new_tokens: int = 32  # --prompts: most tokens per response
+    min_new_tokens: int = 0  # --prompts: no ending token before this many
     temperature: float = 1.0  # --prompts: sampling temperature
     seed: int = 0  # --prompts: sampling seed
 
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> None:
         policy = dict(
             prompts=cfg.prompts, reward=cfg.reward, reward_label=cfg.reward_label,
             reward_transform=cfg.reward_transform, reference=cfg.reference, samples=cfg.samples,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature,
+            seed=cfg.seed,
         )  # fmt: skip
     s = evaluate(
         cfg.run, cfg.split, data=cfg.data, beam=cfg.beam, length_penalty=cfg.length_penalty,

@@ -62,6 +62,7 @@ class PrepareConfig:
     overwrite: bool = False  # replace an existing output directory
     quiet: bool = False  # no progress bar and no summary
     task: Literal["lm", "translation"] = "lm"  # lm: a text corpus; translation: tab-separated sentence pairs
+    documents: Literal["files", "lines"] = "files"  # lm: each file is a document, or each non-empty line is one
     columns: tuple[int, int] = (0, 1)  # translation: 0-based columns of the source and the target (1 0 = reverse)
     separate_tokenizers: bool = False  # translation: one tokenizer per language instead of one joint tokenizer
     test_fraction: float = 0.05  # translation: share of source sentences held out for the test split
@@ -106,6 +107,8 @@ def run(cfg: PrepareConfig) -> PreparedDataset:
         return prepare_translation(cfg)
     if cfg.task != "lm":
         raise LmlabError(f"--task: unknown value {cfg.task!r}; choose lm or translation")
+    if cfg.documents not in ("files", "lines"):
+        raise LmlabError(f"--documents: unknown value {cfg.documents!r}; choose files or lines")
     t0 = time.perf_counter()
     name, files = resolve_source(cfg.source, cfg.source_file)
     for path in files:
@@ -335,6 +338,12 @@ def _encode_all(
                     continue
                 block = None
                 for text in iter_text(seg, cfg.encoding, cfg.errors, hasher):
+                    if cfg.documents == "lines":  # blocks end at line ends, so no line is cut (but one > 16 KiB)
+                        batch += [(seg.split, line, True) for line in text.split("\n") if line.strip()]
+                        batch_bytes += len(text)
+                        if batch_bytes >= BATCH_BYTES:
+                            flush()
+                        continue
                     if block is not None:
                         batch.append((seg.split, block, False))
                     block = text
@@ -368,6 +377,7 @@ def _meta(cfg, name, tok, dtype, counts, hashes, files, segments, unit) -> dict[
         "tokenizer": tok_info,
         "splits": {split: {"tokens": counts[split], "bytes": counts[f"{split}_bytes"]} for split in ("train", "val")},
         "split": {"unit": unit, "val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        "documents": cfg.documents,
         "sources": [
             {
                 "path": str(p.resolve()),

@@ -21,6 +21,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "lmlab.experiments.gpt1_ablation",
         "GPT-1 Table 5 on SST-2: pretrained Transformer with/without aux LM, no pre-training, LSTM; 3 seeds",
     ),
+    "sentiment-rlhf": Experiment(
+        "lmlab.experiments.sentiment_rlhf",
+        "the DPO paper's controlled sentiment: PPO, GRPO and DPO toward a sentiment classifier's reward",
+    ),
     "sft-skills": Experiment(
         "lmlab.experiments.sft_skills",
         "SFT a books-pretrained base on 5 generated skills: exact match of base, full SFT and LoRA",

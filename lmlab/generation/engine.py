@@ -400,6 +400,8 @@ class _Generation:
             self.stop_ids |= set(_check_ids("eos_id", [eos_id], V))
         banned = sorted(set(_check_ids("banned_ids", banned_ids, V)) - self.stop_ids)
         self.ban = torch.tensor(banned, dtype=torch.long, device=self.device) if banned else None
+        self.min_new = request.min_new_tokens  # the stop ids are banned until a row has this many tokens
+        self.stop_tensor = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device)
         self.logprobs = request.logprobs
         self.n_top = request.top_logprobs
         self.on_notice = on_notice
@@ -599,6 +601,11 @@ class _Generation:
         logits = logits.float()
         if self.ban is not None:
             logits = logits.index_fill(1, self.ban, float("-inf"))
+        if self.min_new and len(self.stop_tensor):
+            early = [b for b, row in enumerate(self.rows) if row.n_new < self.min_new]
+            if early:
+                logits = logits.clone() if self.ban is None else logits
+                logits[torch.tensor(early, device=self.device)[:, None], self.stop_tensor[None, :]] = float("-inf")
         tokens = None if self.plain is None else _sample_plain(logits, *self.plain, self.gens)
         if tokens is None:
             tokens, _ = sample_next(logits, self.params, self.gens, counts=self.counts)  # (B,)

@@ -44,6 +44,7 @@ class GenerationRequest:
 
     sampling: SamplingParams = field(default_factory=SamplingParams)  # how to pick each token
     max_new_tokens: int = 256  # most tokens generated per prompt (a final stop token included)
+    min_new_tokens: int = 0  # no end-of-text or stop token before this many tokens (stop strings still stop)
     stop: tuple[str, ...] = ()  # end at any of these strings; the text stops right before it
     stop_token_ids: tuple[
         int, ...
@@ -74,6 +75,9 @@ class GenerationRequest:
         n = self.max_new_tokens
         if not (_is_int(n) and n >= 1):
             raise LmlabError(f"max_new_tokens must be an integer >= 1, got {n!r}")
+        m = self.min_new_tokens
+        if not (_is_int(m) and 0 <= m <= n):
+            raise LmlabError(f"min_new_tokens must be an integer from 0 to max_new_tokens ({n}), got {m!r}")
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
         if not isinstance(stop, Sequence) or any(not isinstance(s, str) for s in stop):
             raise LmlabError("stop strings must be strings")

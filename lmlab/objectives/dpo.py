@@ -49,6 +49,7 @@ class DPOOptions(FinetuneOptions):
     loss: Loss = "sigmoid"  # sigmoid (DPO) | ipo | hinge
     label_smoothing: float = 0.0  # ε of conservative DPO: the share of pairs assumed mislabeled (sigmoid only)
     reference: Reference = "precomputed"  # precomputed (once, before training) | online (every step)
+    ref_run: str | None = None  # the reference's run (same shape and tokenizer); default the starting policy
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +89,21 @@ def response_logprobs(model: torch.nn.Module, batch: PreferenceBatch) -> torch.T
     return (logp * in_response).sum(1)
 
 
+def reference_model(ref_run: str | Path, run_dir: Path) -> torch.nn.Module:
+    """The model of ``--ref-run``, refused unless it has the shape and tokenizer of the run being trained."""
+    from lmlab import io
+    from lmlab.runs import load, read_config
+
+    ref, cfg = Path(ref_run), io.read_json(run_dir / "config.json")
+    other = read_config(ref)
+    same_tok = (ref / "tokenizer.json").is_file() and (ref / "tokenizer.json").read_bytes() == (
+        run_dir / "tokenizer.json"
+    ).read_bytes()
+    if other["model"] != cfg["model"] or not same_tok or "head" in other:
+        raise LmlabError(f"--ref-run {ref} is not a language model of this run's shape and tokenizer")
+    return load(ref).model
+
+
 @register
 class DPO(Objective):
     task = "dpo"
@@ -121,6 +137,8 @@ class DPO(Objective):
         frozen reference model; from ``model``'s starting weights (in ``start`` when resuming)."""
 
         lora = getattr(model, "saves_adapter_only", False)
+        if self.opts.ref_run is not None:  # iterated DPO keeps the first policy as the reference: no drift
+            model, lora, start = reference_model(self.opts.ref_run, run_dir), False, None
         if self.opts.reference == "online" and lora:
             self.ref_model = "adapters-off"
             return

@@ -68,6 +68,7 @@ class RLOptions(FinetuneOptions):
     reward_label: str | None = None  # classifier reward: the label whose probability is the reward
     reward_transform: Transform = "prob"  # classifier reward: prob | logprob of the label
     max_new_tokens: int = 32  # most tokens per response
+    min_new_tokens: int = 0  # no ending token before this many (the policy's and reference's log-probs agree)
     temperature: float = 1.0  # sampling temperature of the rollouts (the policy's log-probs use it too)
     top_k: int = 0  # rollouts: keep the k most likely tokens (0 = off)
     top_p: float = 1.0  # rollouts: nucleus sampling (1 = off)
@@ -86,6 +87,7 @@ class RLOptions(FinetuneOptions):
         super().__post_init__()
         checks = [
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+            ("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens, "from 0 to --max-new-tokens"),
             ("temperature", 0 < self.temperature < math.inf, "positive (rollouts sample)"),
             ("kl_coef", 0 <= self.kl_coef < math.inf, "0 or more"),
             ("target_kl", 0 <= self.target_kl < math.inf, "0 (fixed β) or more"),
@@ -100,6 +102,13 @@ class RLOptions(FinetuneOptions):
         for name, ok, what in checks:
             if not ok:
                 raise LmlabError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}")
+        from lmlab.generation.sampling import SamplingParams
+
+        SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)  # its own range checks
+        from lmlab.eval.reward import TRANSFORMS
+
+        if self.reward_transform not in TRANSFORMS:
+            raise LmlabError(f"--reward-transform {self.reward_transform!r}: choose {' or '.join(TRANSFORMS)}")
         if self.unfinished not in get_args(Unfinished):
             raise LmlabError(f"--unfinished {self.unfinished!r}: choose penalize or truncate")
         if self.target_kl and not self.kl_coef:
@@ -252,10 +261,18 @@ class PromptCursor:
 # Log-probabilities and rollouts
 
 
-def token_logprobs(model: nn.Module, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(log-probs (B, T-1) of tokens[:, 1:] at ``temperature``, the logits (B, T-1, V), the hidden states)."""
+def token_logprobs(
+    model: nn.Module, tokens: Tensor, temperature: float, ban: tuple[Tensor, int] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(log-probs (B, T-1) of tokens[:, 1:] at ``temperature``, the logits (B, T-1, V), the hidden states).
+    ``ban`` (mask (B, T-1), token): that token is impossible where the mask is set, as it was when sampling
+    (``--min-new-tokens``), so the log-probs are those of the distribution the responses came from."""
     out = model(tokens[:, :-1])
     logits = out.logits.float()
+    if ban is not None:
+        where, token = ban
+        logits = logits.clone()
+        logits[..., token] = logits[..., token].masked_fill(where, float("-inf"))
     logp = (logits / temperature).log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
     return logp, logits, out.hidden_states
 
@@ -268,6 +285,7 @@ class Rollout:
     tokens: Tensor  # (B, T) prompt + response (+ padding)
     mask: Tensor  # (B, T-1) True where position t predicts a response token
     texts: list[str]  # the responses as text
+    ban: tuple[Tensor, int] | None  # (mask (B, T-1), stop token): where --min-new-tokens forbade ending
     ended: Tensor  # (B,) bool: the response ended by itself
     scores: Tensor  # (B,) the reward's score (after the unfinished penalty)
     raw_scores: Tensor  # (B,) the reward's score as given
@@ -306,13 +324,13 @@ class Sampler:
         self.banned = sorted(i for i in tokenizer.special_tokens.values() if i != self.stop_token)
         self.where = ""  # where a failure happened, for its message (the RL trainer: the step and last checkpoint)
 
-    def ref_logp(self, tokens: Tensor, temperature: float) -> Tensor:
+    def ref_logp(self, tokens: Tensor, temperature: float, ban: tuple[Tensor, int] | None = None) -> Tensor:
         if self.reference is self.policy:
             from lmlab.models.lora import adapters_off
 
             with adapters_off(self.policy):
-                return token_logprobs(self.policy, tokens, temperature)[0]
-        return token_logprobs(self.reference, tokens, temperature)[0]
+                return token_logprobs(self.policy, tokens, temperature, ban)[0]
+        return token_logprobs(self.reference, tokens, temperature, ban)[0]
 
     @torch.no_grad()
     def rollout(self, prompts: Prompts, index: list[int], seed: int, *, penalize: bool = True) -> Rollout:
@@ -324,6 +342,7 @@ class Sampler:
         o = self.opts
         request = GenerationRequest(
             max_new_tokens=o.max_new_tokens,
+            min_new_tokens=o.min_new_tokens,
             temperature=o.temperature,
             top_k=o.top_k,
             top_p=o.top_p,
@@ -352,12 +371,13 @@ class Sampler:
         total = torch.tensor([len(s) for s in seqs], device=self.rt.device)
         t = torch.arange(tokens.size(1) - 1, device=self.rt.device)[None, :] + 1  # index of each predicted token
         mask = (t >= p_len[:, None]) & (t < total[:, None])
+        ban = (mask & (t - p_len[:, None] < o.min_new_tokens), self.stop_token) if o.min_new_tokens else None
         with self.rt.autocast():
-            old = token_logprobs(self.policy, tokens, o.temperature)[0]
-            ref = self.ref_logp(tokens, o.temperature) if self.reference is not None else None
+            old = token_logprobs(self.policy, tokens, o.temperature, ban)[0]
+            ref = self.ref_logp(tokens, o.temperature, ban) if self.reference is not None else None
         dev = self.rt.device
         return Rollout(
-            index, tokens, mask, texts, ended.to(dev), scores.to(dev), raw_t.to(dev), old, ref, (total - p_len)
+            index, tokens, mask, texts, ban, ended.to(dev), scores.to(dev), raw_t.to(dev), old, ref, (total - p_len)
         )
 
     @torch.no_grad()
@@ -376,7 +396,7 @@ class Sampler:
             texts += ro.texts
             if ro.ref_logp is not None:
                 kls += ((ro.old_logp - ro.ref_logp) * ro.mask).sum(1).tolist()
-                ref1 = self.ref_logp(ro.tokens, 1.0) if self.opts.temperature != 1.0 else ro.ref_logp
+                ref1 = self.ref_logp(ro.tokens, 1.0, ro.ban) if self.opts.temperature != 1.0 else ro.ref_logp
                 ref_lp += float((ref1 * ro.mask).sum())
                 n_tok += int(ro.mask.sum())
         metrics = {
@@ -471,7 +491,7 @@ class RLTrainer:
             every_steps=cfg.save_every,
             every_minutes=cfg.save_every_minutes,
         )
-        self.step, self.responses_seen, self.elapsed_before = 0, 0, 0.0
+        self.step, self.responses_seen, self.tokens_seen, self.elapsed_before = 0, 0, 0, 0.0
         self.t0 = time.monotonic()
         if resume_from is not None:
             self._restore(resume_from)
@@ -489,7 +509,8 @@ class RLTrainer:
             "ptx_loader": self.ptx.state_dict() if self.ptx is not None else None,
             "rng": runtime.rng_state(),
             "step": self.step,
-            "tokens_seen": self.responses_seen,
+            "tokens_seen": self.tokens_seen,
+            "responses_seen": self.responses_seen,
             "elapsed_s": self.elapsed_before + time.monotonic() - self.t0,
         }
 
@@ -508,13 +529,14 @@ class RLTrainer:
         if self.ptx is not None:
             self.ptx.load_state_dict(state["ptx_loader"])
         runtime.set_rng_state(state["rng"])
-        self.step, self.responses_seen = int(state["step"]), int(state["tokens_seen"])
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.responses_seen = int(state["responses_seen"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
 
     def _save(self, metrics: dict[str, Any]) -> None:
         if not self.rt.is_main:
             return
-        state = {"tokens_seen": self.responses_seen, "metrics": metrics, "time": time.time()}
+        state = {"tokens_seen": self.tokens_seen, "metrics": metrics, "time": time.time()}
         try:
             self.ckpts.save(self.step, self.policy, state, self._state())
         except OSError as e:
@@ -635,6 +657,7 @@ class RLTrainer:
             var = returns[m].var(unbiased=False)
             row["explained_variance"] = float(1 - resid.var(unbiased=False) / var) if var > 0 else 0.0
         self.responses_seen += B
+        self.tokens_seen += int(ro.lengths.sum())
         return row
 
     def _update(self, ro: Rollout, part: Tensor, adv: Tensor, returns: Tensor | None, old_values: Tensor | None):
@@ -643,7 +666,8 @@ class RLTrainer:
         mf = m.float()
         n = mf.sum().clamp(min=1)
         with self.rt.autocast():
-            logp, logits, hidden = token_logprobs(self.policy, tokens, o.temperature)
+            ban = (ro.ban[0][part], ro.ban[1]) if ro.ban is not None else None
+            logp, logits, hidden = token_logprobs(self.policy, tokens, o.temperature, ban)
         ratio = torch.exp(logp - ro.old_logp[part])
         a = adv[part]
         pg = torch.max(-a * ratio, -a * ratio.clamp(1 - o.clip, 1 + o.clip))
@@ -682,8 +706,7 @@ class RLTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            lp = (logits / o.temperature).log_softmax(-1)
-            entropy = -(lp.exp() * lp).sum(-1)
+            entropy = torch.special.entr((logits / o.temperature).softmax(-1)).sum(-1)  # 0·log 0 = 0 (banned)
             stats["entropy"] = (entropy * mf).sum() / n
             stats["clip_fraction"] = (((ratio - 1).abs() > o.clip).float() * mf).sum() / n
             stats["grad_norm"] = grad_norm
@@ -740,7 +763,8 @@ class RLTrainer:
                         bar.write(line)
                 if self.tracker is not None:
                     elapsed = self.elapsed_before + time.monotonic() - self.t0
-                    self.tracker.log(self.step, {"tokens": self.responses_seen, "elapsed_s": elapsed, **row})
+                    seen = {"tokens": self.tokens_seen, "responses": self.responses_seen, "elapsed_s": elapsed}
+                    self.tracker.log(self.step, {**seen, **row})
                 if bar is not None:
                     bar.set_postfix_str(
                         f"reward {row['reward_mean']:.3f}" + (f"  kl {row['kl']:.2f}" if "kl" in row else ""),
@@ -756,7 +780,7 @@ class RLTrainer:
                 bar.close()
             if self.tracker is not None:
                 self.tracker.close()
-        result = TrainResult(self.run_dir, self.step, self.responses_seen, status, last_eval)
+        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, last_eval)
         best = self.ckpts.ranked()
         if best:
             result.best = {
@@ -841,6 +865,7 @@ def build(
 def evaluate_policy(
     run: str | Path, prompts: str | Path, reward: str, *, reward_label: str | None = None,
     reward_transform: str = "prob", reference: str | Path | None = None, samples: int = 1, max_new_tokens: int = 32,
+    min_new_tokens: int = 0,
     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
     checkpoint: str | None = None, device: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
@@ -856,8 +881,8 @@ def evaluate_policy(
     if "head" in cfg:
         raise LmlabError(f"{run} is a classifier or reward model; --prompts scores a policy (a language model)")
     opts = RLOptions(reward=reward, reward_label=reward_label, reward_transform=reward_transform,  # type: ignore[arg-type]
-                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eval_samples=samples)  # fmt: skip
+                     max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
+                     top_k=top_k, top_p=top_p, eval_samples=samples)  # fmt: skip
     rt = runtime.setup(device, "fp32")
     policy = load(run, checkpoint=checkpoint, device=rt.device)
     if policy.tokenizer is None:

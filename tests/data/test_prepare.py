@@ -90,6 +90,22 @@ def test_split_is_deterministic_and_seeded_by_document(tmp_path):
         assert (a.path / f"{split}.bin").read_bytes() == (b.path / f"{split}.bin").read_bytes()
 
 
+def test_documents_lines_makes_every_line_a_document(tmp_path):
+    text = tmp_path / "reviews.txt"
+    text.write_text("a fine film .\n\nso dull .\n" * 300, encoding="utf-8")
+    ds = prepare(str(text), out=str(tmp_path / "d"), tokenizer="word", vocab_size=50, min_frequency=1,
+                 documents="lines", quiet=True)  # fmt: skip
+    tokens = np.concatenate([np.fromfile(ds.path / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    eos = ds.meta["eos_id"]
+    assert int((tokens == eos).sum()) == 600 and ds.meta["documents"] == "lines"  # one per non-empty line
+    assert tokens[-1] == eos
+    whole = prepare(str(text), out=str(tmp_path / "w"), tokenizer="word", vocab_size=50, min_frequency=1, quiet=True)
+    both = [np.fromfile(whole.path / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")]
+    assert sum(int((t == eos).sum()) for t in both) == 2  # the default: the file is one document (train, val)
+    with pytest.raises(LmlabError, match="--documents: unknown value 'pages'"):
+        prepare(str(text), out=str(tmp_path / "x"), documents="pages", quiet=True)
+
+
 def test_uint32_when_vocabulary_exceeds_uint16(tmp_path):
     src = tmp_path / "many.txt"
     words = [f"w{i}" for i in range(70_000)]

@@ -131,13 +131,6 @@ def test_confusion_scores():
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, shakespeare_char):
-    run = tmp_path_factory.mktemp("runs") / "base"
-    lmlab.train(shakespeare_char, "tiny", out=run, max_steps=10, eval_every=0, progress=False, track="none")
-    return run
-
-
-@pytest.fixture(scope="module")
 def labeled(tmp_path_factory, shakespeare):
     lines = [ln.strip() for ln in shakespeare.read_text().splitlines() if 5 < len(ln.strip()) < 25]
     rows = [(ln, "question" if ln.endswith("?") else "other") for ln in lines[:200]]

@@ -102,13 +102,6 @@ def test_targets_are_the_assistant_tokens_only_and_empty_batches_are_refused():
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, shakespeare_char):
-    run = tmp_path_factory.mktemp("runs") / "base"
-    lmlab.train(shakespeare_char, "tiny", out=run, max_steps=10, eval_every=0, progress=False, track="none")
-    return run
-
-
-@pytest.fixture(scope="module")
 def reverse(tmp_path_factory):
     rng = random.Random(0)
     words = ["king", "lord", "moon", "rose", "sword", "night", "crown", "love"]
