@@ -87,6 +87,8 @@ def main(argv: list[str]) -> None:
         description=cls.__doc__,
         default=cls(run="", data="", options=METHODS[method](), train=default_train, lora=LoRAConfig()),
     )
+    if method in RL_METHODS and not args.data:
+        raise LmlabError(f"give the prompts: lmlab finetune RUN {method} --reward REWARD --prompts FILE")
     changed_train = _changed(args.train, default_train)
     options = {**dataclasses.asdict(args.options), **changed_train}
     lora = dataclasses.asdict(args.lora) if args.lora.r else None

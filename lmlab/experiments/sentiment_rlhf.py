@@ -200,21 +200,9 @@ def run(
         lengths = ["--max-new-tokens", sz.max_new_tokens, "--min-new-tokens", sz.min_new_tokens]
         reward = ["--reward", cls.path, "--reward-label", LABEL, *lengths]
         rl = ["--train.eval-every", sz.eval_every, *seed_args]
-        ppo = ws.trained(
-            "sentiment/ppo",
-            [
-                "finetune",
-                sft.path,
-                "ppo",
-                *reward,
-                *prompts,
-                *rl,
-                "--train.max-steps",
-                sz.ppo_steps,
-                "--train.batch-size",
-                sz.ppo_batch,
-            ],
-        )
+        ppo = ws.trained("sentiment/ppo", ["finetune", sft.path, "ppo", *reward, *prompts, *rl,
+                                           "--train.max-steps", sz.ppo_steps, "--train.batch-size", sz.ppo_batch,
+                                           "--train.lr", sz.ppo_lr, "--kl-coef", sz.ppo_kl])  # fmt: skip
         grpo = ws.trained("sentiment/grpo", ["finetune", sft.path, "grpo", *reward, *prompts, *rl,
                                              "--train.max-steps", sz.grpo_steps, "--train.batch-size", sz.grpo_batch,
                                              "--group-size", sz.group_size, "--train.lr", sz.grpo_lr,

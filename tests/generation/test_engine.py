@@ -392,3 +392,17 @@ def test_bad_arguments(models, kwargs, message):
     args = dict(prompts=[[1], [2]], request=R(max_new_tokens=3)) | kwargs
     with pytest.raises(LmlabError, match=message):
         stream_ids(models["learned"], **args)  # refused before the first step
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_min_new_tokens_holds_the_stop_tokens_back(models, name):
+    model = models[name]
+    stop = 3
+    rush = R(temperature=0, max_new_tokens=10, stop_token_ids=(stop,), logit_bias={stop: 100.0})
+    (now,) = generate_ids(model, [PROMPTS[0]], rush)
+    assert now.tokens == [stop] and now.finish_reason == "stop"  # the bias makes it end at once
+    rows = generate_ids(model, [PROMPTS[0], PROMPTS[1]], rush.replace(min_new_tokens=4), eos_id=5)
+    for c in rows:  # neither the stop id nor eos before the 5th token; then the bias ends it
+        assert len(c.tokens) == 5 and c.tokens[-1] == stop and not {stop, 5} & set(c.tokens[:4])
+    with pytest.raises(LmlabError, match="min_new_tokens must be an integer from 0 to max_new_tokens"):
+        R(max_new_tokens=4, min_new_tokens=5)

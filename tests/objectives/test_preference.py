@@ -243,6 +243,7 @@ def test_reward_resume_is_exact(base, prefs, tmp_path, capsys):
 # -- DPO --------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
 def test_response_logprobs_sum_the_response_tokens_only(base, prefs, tok):
     loaded = lmlab.load(base)
     groups, _ = read_preferences(prefs)

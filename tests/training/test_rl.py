@@ -198,6 +198,8 @@ def test_failures_stop_with_one_line(base, prompts, tmp_path, capsys):
     for extra, message in [(["--group-size", "1"], "--group-size must be at least 2"),
                            (["--target-kl", "1"], "--target-kl is PPO's")]:  # fmt: skip
         assert_one_line_error(rl(base, "grpo", prompts, tmp_path / "z", *extra, capsys=capsys), message)
+    assert_one_line_error(run_cli(["finetune", str(base), "grpo", "--reward", "rlrewards:vowels"], capsys),
+                          "give the prompts: lmlab finetune RUN grpo --reward REWARD --prompts FILE")  # fmt: skip
     with pytest.raises(LmlabError, match="--value 'both': choose shared or separate"):  # the CLI's choices box says it
         lmlab.finetune(base, "ppo", prompts, reward="rlrewards:vowels", value="both")
     assert_one_line_error(run_cli(["eval", str(base), "--prompts", str(prompts)], capsys),
