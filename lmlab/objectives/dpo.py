@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import FinetuneOptions, LossOut, Objective, register
-from lmlab.objectives.reward import Encoded, GroupLoader, PreferenceBatch, describe, encode_groups, read_split
+from lmlab.objectives.base import FinetuneOptions, LossOut, register
+from lmlab.objectives.reward import Encoded, GroupLoader, PreferenceBatch, PreferenceObjective
 
 Loss = Literal["sigmoid", "ipo", "hinge"]
 LOSSES: tuple[str, ...] = get_args(Loss)
@@ -105,30 +105,22 @@ def reference_model(ref_run: str | Path, run_dir: Path) -> torch.nn.Module:
 
 
 @register
-class DPO(Objective):
+class DPO(PreferenceObjective):
     task = "dpo"
     Options = DPOOptions
     RECIPE = RECIPE
-    reads_preferences = True
 
     def __init__(self, train: Encoded, val: Encoded, opts: DPOOptions, pad_id: int, chat: bool) -> None:
-        self.data = {"train": train, "val": val}
-        self.opts, self.pad_id, self.chat = opts, pad_id, chat
-        self.tokens_per_sequence = max(1, round(sum(map(len, train.seqs)) / len(train.seqs)))
-        self.n_train = len(train.starts) - 1
+        super().__init__(train, val, pad_id, chat)
+        self.opts = opts
         self.ref: dict[str, torch.Tensor] = {}  # precomputed: split -> (N,) reference log-probs
         self.ref_model: Any = None  # online: a frozen copy, or "adapters-off"
 
     @classmethod
     def from_files(cls, data, opts: DPOOptions, tokenizer, block_size, seed, template: bool = False) -> DPO:
-        train, val, skipped = read_split(data, opts, seed)
-        chat = template or any(not isinstance(g.prompt, str) for g in train + val)
-        name = Path(data).name
-        enc_t = encode_groups(train, tokenizer, block_size, chat, name)
-        enc_v = encode_groups(val, tokenizer, block_size, chat, Path(opts.val).name if opts.val else name)
-        obj = cls(enc_t, enc_v, opts, tokenizer.pad_id if tokenizer.pad_id is not None else 0, chat)
-        obj.summary = describe(data, train, val, skipped, enc_t.truncated + enc_v.truncated, block_size)
-        obj.summary += f"; {opts.loss} loss, beta {opts.beta}, reference {opts.reference}"
+        enc_t, enc_v, pad, chat, summary = cls.encode(data, opts, tokenizer, block_size, seed, template)
+        obj = cls(enc_t, enc_v, opts, pad, chat)
+        obj.summary = summary + f"; {opts.loss} loss, beta {opts.beta}, reference {opts.reference}"
         return obj
 
     # -- the reference ---------------------------------------------------------------------------
@@ -199,22 +191,6 @@ class DPO(Objective):
             return response_logprobs(self.ref_model, batch)
 
     # -- the protocol ----------------------------------------------------------------------------
-    def batches(self, split, *, batch_size, seed, rank=0, world_size=1, device="cpu") -> GroupLoader:
-        data = self.data.get(split)
-        if data is None:
-            raise LmlabError(f"unknown split {split!r}; choose train or val")
-        return GroupLoader(
-            data,
-            batch_size,
-            pad_id=self.pad_id,
-            shuffle=split == "train",
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            name=split,
-        )
-
     def loss(self, model: torch.nn.Module, batch: PreferenceBatch) -> LossOut:
         o = self.opts
         pi = response_logprobs(model, batch)  # (N,)

@@ -152,53 +152,63 @@ def describe(data: str | Path, train: Sequence[Ranked], val: Sequence[Ranked], s
     )
 
 
-@register
-class Reward(Objective):
-    """Bradley–Terry loss on every ranked pair, for a one-output ``SequenceClassifier``."""
+class PreferenceObjective(Objective):
+    """What the reward model and DPO share: ranked groups encoded once, batches of whole groups."""
 
-    task = "reward"
-    Options = RewardOptions
-    RECIPE = RECIPE
-    has_head = True
     reads_preferences = True
-    classes = ["reward"]  # the head's one output (config.json "head" labels)
 
-    def __init__(self, train: Encoded, val: Encoded, center: float, pad_id: int, chat: bool) -> None:
+    def __init__(self, train: Encoded, val: Encoded, pad_id: int, chat: bool) -> None:
         self.data = {"train": train, "val": val}
-        self.center, self.pad_id, self.chat = center, pad_id, chat
+        self.pad_id, self.chat = pad_id, chat
         self.tokens_per_sequence = max(1, round(sum(map(len, train.seqs)) / len(train.seqs)))
         self.n_train = len(train.starts) - 1
 
-    @classmethod
-    def from_files(
-        cls, data: str | Path, opts: RewardOptions, tokenizer: Any, block_size: int, seed: int, template: bool = False
-    ) -> Reward:
-        """``template``: the parent is a chat model, so a text prompt is a user turn (a conversation always is)."""
+    @staticmethod
+    def encode(data: str | Path, opts: FinetuneOptions, tokenizer: Any, block_size: int, seed: int,
+               template: bool) -> tuple[Encoded, Encoded, int, bool, str]:  # fmt: skip
+        """(train, val, pad id, chat, summary) of a preference file. ``template``: the parent is a chat model, so a
+        text prompt is a user turn (a conversation always is)."""
         train, val, skipped = read_split(data, opts, seed)
         chat = template or any(not isinstance(g.prompt, str) for g in train + val)
         name = Path(data).name
         enc_t = encode_groups(train, tokenizer, block_size, chat, name)
         enc_v = encode_groups(val, tokenizer, block_size, chat, Path(opts.val).name if opts.val else name)
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        obj = cls(enc_t, enc_v, opts.center, pad, chat)
-        obj.summary = describe(data, train, val, skipped, enc_t.truncated + enc_v.truncated, block_size)
-        return obj
+        summary = describe(data, train, val, skipped, enc_t.truncated + enc_v.truncated, block_size)
+        return enc_t, enc_v, pad, chat, summary
 
     def batches(self, split, *, batch_size, seed, rank=0, world_size=1, device="cpu") -> GroupLoader:
         data = self.data.get(split)
         if data is None:
             raise LmlabError(f"unknown split {split!r}; choose train or val")
         return GroupLoader(
-            data,
-            batch_size,
-            pad_id=self.pad_id,
-            shuffle=split == "train",
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            name=split,
-        )
+            data, batch_size, pad_id=self.pad_id, shuffle=split == "train", seed=seed, rank=rank,
+            world_size=world_size, device=device, name=split,
+        )  # fmt: skip
+
+
+@register
+class Reward(PreferenceObjective):
+    """Bradley–Terry loss on every ranked pair, for a one-output ``SequenceClassifier``."""
+
+    task = "reward"
+    Options = RewardOptions
+    RECIPE = RECIPE
+    has_head = True
+    classes = ["reward"]  # the head's one output (config.json "head" labels)
+
+    def __init__(self, train: Encoded, val: Encoded, center: float, pad_id: int, chat: bool) -> None:
+        super().__init__(train, val, pad_id, chat)
+        self.center = center
+
+    @classmethod
+    def from_files(
+        cls, data: str | Path, opts: RewardOptions, tokenizer: Any, block_size: int, seed: int, template: bool = False
+    ) -> Reward:
+        enc_t, enc_v, pad, chat, summary = cls.encode(data, opts, tokenizer, block_size, seed, template)
+        obj = cls(enc_t, enc_v, opts.center, pad, chat)
+        obj.summary = summary
+        return obj
 
     def loss(self, model: torch.nn.Module, batch: PreferenceBatch) -> LossOut:
         r = model(batch.tokens, batch.lengths).logits[:, 0].float()  # (N,)
