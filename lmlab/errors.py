@@ -9,6 +9,11 @@ class LmlabError(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (as Ctrl-C raises KeyboardInterrupt) so that what it was writing is
+    cleaned up or saved the same way; the CLI exits with 143 after it (130 after Ctrl-C)."""
+
+
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     import difflib

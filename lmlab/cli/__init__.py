@@ -4,12 +4,18 @@ and prints the result. Verb modules are imported only when their verb runs, so `
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import re
+import signal
 import sys
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from lmlab import __version__
-from lmlab.errors import LmlabError, did_you_mean
+from lmlab.errors import LmlabError, Terminated, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,57 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def parse(target: Any, *, args: list[str], prog: str, **kwargs: Any) -> Any:
+    """``tyro.cli(target, ...)``, with its errors as one LmlabError line ("... (did you mean --x?); see PROG --help")
+    instead of a box of 6-10 lines. ``--help`` prints the full help as tyro does."""
+    import tyro
+
+    if any(a in ("-h", "--help") for a in args):
+        return tyro.cli(target, args=args, prog=prog, **kwargs)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            return tyro.cli(target, args=args, prog=prog, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            sys.stdout.write(buf.getvalue())
+            raise
+        raise LmlabError(_one_line(buf.getvalue(), prog)) from None
+
+
+def _one_line(box: str, prog: str) -> str:
+    """tyro's error box (a title, then sections between rules) as one line."""
+    lines = [ln.strip(" │╭╮╰╯") for ln in box.splitlines()]
+    sections: list[list[str]] = [[]]
+    for ln in lines:
+        if ln and set(ln) <= set("-─━═"):
+            sections.append([])
+        elif ln.strip():
+            sections[-1].append(ln.strip())
+    body = [s for s in sections[1:] if s and not any("full helptext" in x for x in s)]
+    if not body:
+        return f"bad arguments; see {prog} --help"
+    message = " ".join(body[0]).rstrip(".")
+    message = message[0].lower() + message[1:]
+    suggestion = ""
+    for sec in body[1:]:
+        if sec[0].lower().startswith(("perhaps you meant", "similar arguments")):
+            opts = [m.group(0) for x in sec[1:] if (m := re.match(r"--?[\w.-]+", x))]
+            if opts:
+                suggestion = f" (did you mean {' or '.join(dict.fromkeys(opts[:2]))}?)"
+    return f"{message}{suggestion}; see {prog} --help"
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"lmlab: warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
+    as_process = argv is None  # the console script: this process ends when the verb does
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -63,13 +119,38 @@ def main(argv: list[str] | None = None) -> None:
         return
     name = argv[0]
     verb = VERBS.get(name)
+    old_term = signal.getsignal(signal.SIGTERM)
+    old_format = warnings.formatwarning
     try:
+        with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+            signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: temporaries removed, exit 143
+        warnings.formatwarning = _one_line_warning  # a notice is one line, without source paths
         if verb is None:
             raise LmlabError(f"unknown verb {name!r}{did_you_mean(name, VERBS)}; `lmlab --help` lists the verbs")
         importlib.import_module(verb.module).main(argv[1:])
     except LmlabError as e:
-        print(f"lmlab {name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _stop(name, f"error: {e}", 2, as_process)
+    except Terminated:
+        _stop(name, "terminated", 143, as_process)
     except KeyboardInterrupt:
-        print(f"lmlab {name}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _stop(name, "interrupted", 130, as_process)
+    except OSError as e:
+        # a failure of the machine rather than of lmlab (a read error, a full disk outside lmlab's writers)
+        from lmlab.io import write_error
+
+        where = e.filename or "a file"
+        _stop(name, f"error: {write_error(where, e) if e.filename else e.strerror or e}", 2, as_process)
+    finally:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, old_term)
+        warnings.formatwarning = old_format
+
+
+def _stop(name: str, what: str, code: int, as_process: bool) -> None:
+    print(f"lmlab {name}: {what}", file=sys.stderr)
+    if as_process:
+        # what runs at exit (tracker threads, atexit hooks) must not be cut short by a second Ctrl-C: it would print
+        # a traceback of the exit itself. The work is saved; nothing is lost by ignoring it now.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

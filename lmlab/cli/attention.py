@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class AttentionConfig:
@@ -24,8 +26,6 @@ class AttentionConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import attention
 
-    cfg = tyro.cli(
-        AttentionConfig, args=argv, prog="lmlab attention", config=(tyro.conf.PositionalMetavarFromFieldName,)
-    )
+    cfg = parse(AttentionConfig, args=argv, prog="lmlab attention", config=(tyro.conf.PositionalMetavarFromFieldName,))
     path = attention(cfg.run, cfg.text, source=cfg.source, layers=cfg.layers, out=cfg.out, checkpoint=cfg.checkpoint)
     print(f"wrote {path}")

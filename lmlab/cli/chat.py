@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import tyro
 
+from lmlab.cli import parse
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -206,5 +207,5 @@ def _show(pieces, out: TextIO, close=None) -> str:
 
 
 def main(argv: list[str]) -> None:
-    cfg = tyro.cli(ChatConfig, args=argv, prog="lmlab chat", description=ChatConfig.__doc__)
+    cfg = parse(ChatConfig, args=argv, prog="lmlab chat", description=ChatConfig.__doc__)
     chat(cfg)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import tyro
 
+from lmlab.cli import parse
 from lmlab.errors import LmlabError
 
 
@@ -29,7 +30,7 @@ class ClassifyConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import classify
 
-    cfg = tyro.cli(ClassifyConfig, args=argv, prog="lmlab classify", description=ClassifyConfig.__doc__)
+    cfg = parse(ClassifyConfig, args=argv, prog="lmlab classify", description=ClassifyConfig.__doc__)
     if cfg.file is None and not cfg.text:
         raise LmlabError('nothing to classify: give texts (lmlab classify RUN "a fine film") or --file FILE')
     results = classify(

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class EvalConfig:
@@ -43,7 +45,7 @@ class EvalConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import evaluate
 
-    cfg = tyro.cli(
+    cfg = parse(
         EvalConfig,
         args=argv,
         prog="lmlab eval",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-import tyro
-
+from lmlab.cli import parse
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.experiments import EXPERIMENTS
 
@@ -29,4 +28,4 @@ def main(argv: list[str]) -> None:
         raise LmlabError(f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}; experiments are "
                          f"{', '.join(EXPERIMENTS)}")  # fmt: skip
     run = importlib.import_module(EXPERIMENTS[name].module).run
-    tyro.cli(run, args=argv[1:], prog=f"lmlab experiment {name}", description=EXPERIMENTS[name].summary)
+    parse(run, args=argv[1:], prog=f"lmlab experiment {name}", description=EXPERIMENTS[name].summary)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class ExportHFConfig:
@@ -20,8 +22,6 @@ class ExportHFConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import export_hf
 
-    cfg = tyro.cli(
-        ExportHFConfig, args=argv, prog="lmlab export-hf", config=(tyro.conf.PositionalMetavarFromFieldName,)
-    )
+    cfg = parse(ExportHFConfig, args=argv, prog="lmlab export-hf", config=(tyro.conf.PositionalMetavarFromFieldName,))
     out = export_hf(cfg.run, cfg.out, checkpoint=cfg.checkpoint)
     print(f"exported {cfg.run} -> {out}")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import tyro
 
+from lmlab.cli import parse
 from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.models.lora import LoRAConfig
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> None:
     recipe = RL_RECIPE if method in RL_METHODS else finetune_method(method).RECIPE
     default_train = TrainConfig(**{**TrainConfig().to_dict(), **recipe})
     cls = _args_class(method)
-    args = tyro.cli(
+    args = parse(
         cls,
         args=rest,
         prog=f"lmlab finetune RUN {method}",

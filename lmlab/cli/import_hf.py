@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class ImportHFConfig:
@@ -19,8 +21,6 @@ class ImportHFConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import import_hf
 
-    cfg = tyro.cli(
-        ImportHFConfig, args=argv, prog="lmlab import-hf", config=(tyro.conf.PositionalMetavarFromFieldName,)
-    )
+    cfg = parse(ImportHFConfig, args=argv, prog="lmlab import-hf", config=(tyro.conf.PositionalMetavarFromFieldName,))
     out = import_hf(cfg.src, cfg.out)
     print(f"imported {cfg.src} -> {out}")

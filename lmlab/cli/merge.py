@@ -7,6 +7,8 @@ from typing import Annotated
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class MergeConfig:
@@ -20,5 +22,5 @@ class MergeConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import merge
 
-    cfg = tyro.cli(MergeConfig, args=argv, prog="lmlab merge", description=MergeConfig.__doc__)
+    cfg = parse(MergeConfig, args=argv, prog="lmlab merge", description=MergeConfig.__doc__)
     print(f"merged {cfg.run} -> {merge(cfg.run, cfg.out, checkpoint=cfg.checkpoint)}")

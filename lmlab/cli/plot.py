@@ -7,6 +7,8 @@ from typing import Literal
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class PlotConfig:
@@ -22,6 +24,6 @@ class PlotConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import plot
 
-    cfg = tyro.cli(PlotConfig, args=argv, prog="lmlab plot", description=PlotConfig.__doc__)
+    cfg = parse(PlotConfig, args=argv, prog="lmlab plot", description=PlotConfig.__doc__)
     path = plot(cfg.runs, cfg.out, x=cfg.x, metrics=cfg.metrics, log_y=cfg.log_y)
     print(f"wrote {path}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tyro
+from lmlab.cli import parse
 
 
 def main(argv: list[str]) -> None:
     from lmlab.api import prepare
     from lmlab.data.prepare import PrepareConfig
 
-    cfg = tyro.cli(PrepareConfig, args=argv, prog="lmlab prepare", description=PrepareConfig.__doc__)
+    cfg = parse(PrepareConfig, args=argv, prog="lmlab prepare", description=PrepareConfig.__doc__)
     prepare(cfg)

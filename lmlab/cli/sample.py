@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import tyro
 
+from lmlab.cli import parse
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -139,5 +140,5 @@ def _note(msg: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    cfg = tyro.cli(SampleConfig, args=argv, prog="lmlab sample", description=SampleConfig.__doc__)
+    cfg = parse(SampleConfig, args=argv, prog="lmlab sample", description=SampleConfig.__doc__)
     sample(cfg)

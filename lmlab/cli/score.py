@@ -8,6 +8,8 @@ from typing import Annotated
 
 import tyro
 
+from lmlab.cli import parse
+
 
 @dataclass
 class ScoreConfig:
@@ -29,7 +31,7 @@ class ScoreConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import score
 
-    cfg = tyro.cli(ScoreConfig, args=argv, prog="lmlab score", description=ScoreConfig.__doc__)
+    cfg = parse(ScoreConfig, args=argv, prog="lmlab score", description=ScoreConfig.__doc__)
     values = score(cfg.run, cfg.prompt, list(cfg.response), label=cfg.label, transform=cfg.transform,
                    checkpoint=cfg.checkpoint, device=cfg.device)  # fmt: skip
     if cfg.json:

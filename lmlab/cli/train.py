@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tyro
-
+from lmlab.cli import parse
 from lmlab.config import ModelConfig, TrainConfig, get_preset, preset_names, preset_train_config
 from lmlab.errors import LmlabError
 
@@ -57,7 +56,7 @@ def main(argv: list[str]) -> None:
         "defaults shown below. Resume: lmlab train --resume RUN [--train.max-steps N ...]. Start from another "
         "run's weights: lmlab train DATA_DIR PRESET --init-from RUN"
     )
-    args = tyro.cli(TrainArgs, default=default, args=argv, prog="lmlab train DATA_DIR PRESET", description=description)
+    args = parse(TrainArgs, default=default, args=argv, prog="lmlab train DATA_DIR PRESET", description=description)
     model_over = _changed(args.model, default.model)
     train_over = _changed(args.train, default.train)
     if args.resume is not None:

@@ -7,6 +7,7 @@ from typing import Literal
 
 import tyro
 
+from lmlab.cli import parse
 from lmlab.errors import LmlabError
 
 
@@ -29,7 +30,7 @@ class TranslateConfig:
 def main(argv: list[str]) -> None:
     from lmlab.api import translate
 
-    cfg = tyro.cli(
+    cfg = parse(
         TranslateConfig,
         args=argv,
         prog="lmlab translate",

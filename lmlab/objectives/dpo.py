@@ -89,17 +89,18 @@ def response_logprobs(model: torch.nn.Module, batch: PreferenceBatch) -> torch.T
     return (logp * in_response).sum(1)
 
 
-def reference_model(ref_run: str | Path, run_dir: Path) -> torch.nn.Module:
-    """The model of ``--ref-run``, refused unless it has the shape and tokenizer of the run being trained."""
-    from lmlab import io
+def reference_model(ref_run: str | Path, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+    """The model of ``--ref-run``, refused unless it has the shape and tokenizer of ``model`` (the policy being
+    trained, whose data ``tokenizer`` encoded)."""
+    from lmlab.data.tokenizer import load_tokenizer
     from lmlab.runs import load, read_config
 
-    ref, cfg = Path(ref_run), io.read_json(run_dir / "config.json")
+    ref = Path(ref_run)
     other = read_config(ref)
-    same_tok = (ref / "tokenizer.json").is_file() and (ref / "tokenizer.json").read_bytes() == (
-        run_dir / "tokenizer.json"
-    ).read_bytes()
-    if other["model"] != cfg["model"] or not same_tok or "head" in other:
+    same_tok = (ref / "tokenizer.json").is_file() and (
+        tokenizer is None or load_tokenizer(ref / "tokenizer.json").hf.to_str() == tokenizer.hf.to_str()
+    )
+    if other["model"] != model.config.to_dict() or not same_tok or "head" in other:
         raise LmlabError(f"--ref-run {ref} is not a language model of this run's shape and tokenizer")
     return load(ref).model
 
@@ -120,6 +121,7 @@ class DPO(PreferenceObjective):
     def from_files(cls, data, opts: DPOOptions, tokenizer, block_size, seed, template: bool = False) -> DPO:
         enc_t, enc_v, pad, chat, summary = cls.encode(data, opts, tokenizer, block_size, seed, template)
         obj = cls(enc_t, enc_v, opts, pad, chat)
+        obj.tokenizer = tokenizer
         obj.summary = summary + f"; {opts.loss} loss, beta {opts.beta}, reference {opts.reference}"
         return obj
 
@@ -130,7 +132,11 @@ class DPO(PreferenceObjective):
 
         lora = getattr(model, "saves_adapter_only", False)
         if self.opts.ref_run is not None:  # iterated DPO keeps the first policy as the reference: no drift
-            model, lora, start = reference_model(self.opts.ref_run, run_dir), False, None
+            model, lora, start = (
+                reference_model(self.opts.ref_run, model, getattr(self, "tokenizer", None)),
+                False,
+                None,
+            )
         if self.opts.reference == "online" and lora:
             self.ref_model = "adapters-off"
             return

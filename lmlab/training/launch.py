@@ -9,6 +9,7 @@ followed back (``lmlab.runs.lineage``). The run directory is locked while traini
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -103,37 +104,58 @@ def start(
         )
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
     lock = io.DirLock(run_dir, "run directory")
-    if rt.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise LmlabError(
-                f"cannot write the run directory {run_dir}: {e.strerror or e}; choose another --out"
-            ) from None
-        lock.acquire()
-        config = {
-            "lmlab_version": __version__,
-            "preset": p.name,
-            "objective": objective_cls.task,
-            "model": model_cfg.to_dict(),
-            "train": train_cfg.to_dict(),
-            "data": data_fingerprint(ds),
-        }
-        if parent is not None:
-            config["parent"] = parent
+    config = {
+        "lmlab_version": __version__,
+        "preset": p.name,
+        "objective": objective_cls.task,
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "data": data_fingerprint(ds),
+    }
+    if parent is not None:
+        config["parent"] = parent
+
+    def write_run_files() -> None:  # once everything is validated and built: a refused start writes nothing
+        if not rt.is_main:
+            return
         io.write_json(run_dir / "config.json", config)
-        shutil.copyfile(ds.path / "tokenizer.json", run_dir / "tokenizer.json")
+        io.write_bytes(run_dir / "tokenizer.json", (ds.path / "tokenizer.json").read_bytes())
         if (ds.path / "tokenizer.src.json").is_file():  # translation with a separate source tokenizer
-            shutil.copyfile(ds.path / "tokenizer.src.json", run_dir / "tokenizer.src.json")
+            io.write_bytes(run_dir / "tokenizer.src.json", (ds.path / "tokenizer.src.json").read_bytes())
+
+    with new_run_dir(run_dir, rt.is_main):
+        if rt.is_main:
+            lock.acquire()
+        try:
+            if rt.distributed:
+                torch.distributed.barrier()
+            return _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, None, init_weights=weights,
+                                on_ready=write_run_files)  # fmt: skip
+        finally:
+            lock.release()
+
+
+@contextlib.contextmanager
+def new_run_dir(run_dir: Path, is_main: bool = True):
+    """The block that starts a new run in ``run_dir``: if it fails before the first checkpoint (a refused option, a
+    missing package, Ctrl-C during setup), what it created there is removed again, the directory too when it was
+    new, so that a refused start leaves nothing behind. A run that saved a checkpoint is kept: it can be resumed."""
+    existed = run_dir.exists()
+    before = set(os.listdir(run_dir)) if existed and run_dir.is_dir() else set()
     try:
-        if rt.distributed:
-            torch.distributed.barrier()
-        return _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, None, init_weights=weights)
-    finally:
-        lock.release()
+        yield
+    except BaseException:
+        if is_main and not ckpt.list_checkpoints(run_dir / "checkpoints"):
+            for name in set(os.listdir(run_dir)) - before if run_dir.is_dir() else ():
+                target = run_dir / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+        raise
 
 
 def fit(
@@ -144,11 +166,15 @@ def fit(
     rt: runtime.Runtime,
     resume_from: Path | None,
     source: str,
+    on_ready: Any = None,
 ) -> TrainResult:
-    """Run the trainer on a built model and objective (``source``: what it trains on, for the first line)."""
+    """Run the trainer on a built model and objective (``source``: what it trains on, for the first line).
+    ``on_ready()`` runs once the trainer is built, so every option is validated: it writes the run's config."""
     try:
         objective.prepare(model, rt, run_dir, None if resume_from is None else _start_weights(run_dir))
         trainer = Trainer(model, objective, train_cfg, run_dir, rt, resume_from=resume_from)
+        if on_ready is not None:
+            on_ready()
         if rt.is_main:
             if objective.summary:
                 print(f"data: {objective.summary}", file=sys.stderr)
@@ -174,6 +200,7 @@ def fit(
                 f"run directory {run_dir}",
                 file=sys.stderr,
             )
+        result.raise_if_interrupted()
         return result
     finally:
         runtime.teardown(rt)
@@ -189,7 +216,7 @@ def _start_weights(run_dir: Path) -> Path | None:
     return Path(parent["run"]) / "checkpoints" / parent["checkpoint"]
 
 
-def _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, resume_from, init_weights=None) -> TrainResult:
+def _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, resume_from, init_weights=None, on_ready=None) -> TrainResult:
     """Build the model and the dataset's objective, then ``fit``."""
     from lmlab.models import build_model
 
@@ -198,7 +225,7 @@ def _fit_dataset(ds, model_cfg, train_cfg, run_dir, rt, resume_from, init_weight
     if init_weights is not None and resume_from is None:
         ckpt.load_weights(model, init_weights)
     objective = objective_for(ds.task).from_dataset(ds, model_cfg, ds.tokenizer)
-    return fit(model, objective, train_cfg, run_dir, rt, resume_from, str(ds.path))
+    return fit(model, objective, train_cfg, run_dir, rt, resume_from, str(ds.path), on_ready)
 
 
 def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over: dict) -> TrainResult:
@@ -237,9 +264,17 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
         for k in train_over
         if getattr(saved_train, k) != getattr(train_cfg, k)
     }
+    step = int(ckpt.read_state(path).get("step", 0))
+    if train_cfg.max_steps < step:
+        raise LmlabError(
+            f"--train.max-steps {train_cfg.max_steps} is below the step the run is at ({step}); give a larger value "
+            f"to train on (e.g. --train.max-steps {step + saved_train.max_steps})"
+        )
     lock = io.DirLock(run_dir, "run directory")
-    if rt.is_main:
-        lock.acquire()
+
+    def write_config() -> None:  # only once the resumed trainer is built: a refused --resume changes nothing
+        if not rt.is_main:
+            return
         if changes:
             print(
                 "resuming with changed settings: "
@@ -250,6 +285,9 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
             history.append({"from": path.name, "changed": {k: list(v) for k, v in changes.items()}})
         cfg["train"] = train_cfg.to_dict()
         io.write_json(run_dir / "config.json", cfg)
+
+    if rt.is_main:
+        lock.acquire()
     try:
         if "finetune" in cfg and parts[1] is None:  # PPO or GRPO
             from lmlab.data.tokenizer import load_tokenizer
@@ -260,10 +298,10 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
             opts = METHODS[ft["method"]](**ft["options"])
             return _fit_rl(parts[0], ft["method"], parts[2], opts, train_cfg, run_dir, rt,
                            load_tokenizer(run_dir / "tokenizer.json"), uses_template(cfg),
-                           start=_start_weights(run_dir), resume_from=path)  # fmt: skip
+                           start=_start_weights(run_dir), resume_from=path, on_ready=write_config)  # fmt: skip
         if "finetune" in cfg:
-            return fit(*parts[:2], train_cfg, run_dir, rt, path, parts[2])
-        return _fit_dataset(ds, saved_model, train_cfg, run_dir, rt, path)
+            return fit(*parts[:2], train_cfg, run_dir, rt, path, parts[2], write_config)
+        return _fit_dataset(ds, saved_model, train_cfg, run_dir, rt, path, on_ready=write_config)
     finally:
         lock.release()
 
@@ -386,7 +424,7 @@ def finetune(
         raise LmlabError(f"--out {run_dir} is the parent run itself; choose a new run directory")
     if (run_dir / "checkpoints").exists() and any(ckpt.list_checkpoints(run_dir / "checkpoints")):
         raise LmlabError(f"run directory {run_dir} already has checkpoints; choose another --out")
-    from lmlab.runs import build_run_model, parent_weights_sha256
+    from lmlab.runs import parent_weights_sha256
 
     files = {"data": _file_record(data)}
     options = dataclasses.asdict(opts)
@@ -423,36 +461,52 @@ def finetune(
         config["chat_template"] = "lmlab"
     rt = runtime.setup(train_cfg.device, train_cfg.precision)
     lock = io.DirLock(run_dir, "run directory")
-    if rt.is_main:
-        lock.acquire()
-        io.write_json(run_dir / "config.json", config)
-        io.write_bytes(run_dir / "tokenizer.json", (parent / "tokenizer.json").read_bytes())
-    try:
-        runtime.seed_everything(train_cfg.seed)
-        model = build_run_model(config) if "lora" in config else _finetune_model(model_cfg, objective, weights)
-        if "lora" in config:
-            from lmlab.models.lora import trainable_parameters
 
-            n, total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
-            note = f"LoRA r={lora.r} on {', '.join(lora.targets)}: {n:,} of {total:,} parameters train"
-            if objective is not None:
-                objective.summary += "; " + note
-            else:
-                print(f"lora: {note}", file=sys.stderr)
-        if is_rl:
-            return _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template)
-        return fit(model, objective, train_cfg, run_dir, rt, None, str(data))
-    finally:
-        lock.release()
+    def write_run_files() -> None:  # once the trainer is built: a refused fine-tune writes nothing
+        if rt.is_main:
+            io.write_json(run_dir / "config.json", config)
+            io.write_bytes(run_dir / "tokenizer.json", (parent / "tokenizer.json").read_bytes())
+
+    with new_run_dir(run_dir, rt.is_main):
+        if rt.is_main:
+            lock.acquire()
+        try:
+            return _finetune_fit(config, model_cfg, objective, weights, lora, is_rl, method, data, opts, train_cfg,
+                                 run_dir, rt, tokenizer, template, write_run_files)  # fmt: skip
+        finally:
+            lock.release()
 
 
-def _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template, start=None, resume_from=None):
+def _finetune_fit(config, model_cfg, objective, weights, lora, is_rl, method, data, opts, train_cfg, run_dir, rt,
+                  tokenizer, template, on_ready) -> TrainResult:  # fmt: skip
+    from lmlab.runs import build_run_model
+
+    runtime.seed_everything(train_cfg.seed)
+    model = build_run_model(config) if "lora" in config else _finetune_model(model_cfg, objective, weights)
+    if "lora" in config:
+        from lmlab.models.lora import trainable_parameters
+
+        n, total = trainable_parameters(model), sum(p.numel() for p in model.parameters())
+        note = f"LoRA r={lora.r} on {', '.join(lora.targets)}: {n:,} of {total:,} parameters train"
+        if objective is not None:
+            objective.summary += "; " + note
+        else:
+            print(f"lora: {note}", file=sys.stderr)
+    if is_rl:
+        return _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template, on_ready=on_ready)
+    return fit(model, objective, train_cfg, run_dir, rt, None, str(data), on_ready)
+
+
+def _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template, start=None, resume_from=None,
+            on_ready=None):  # fmt: skip
     """Build and run the RL trainer (``lmlab.training.rl``) of a fine-tuned run."""
     from lmlab.training import rl
 
     try:
         trainer = rl.build(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, template, start=start,
                            resume_from=resume_from)  # fmt: skip
+        if on_ready is not None:
+            on_ready()
         if rt.is_main:
             print(f"data: {trainer.summary}", file=sys.stderr)
             print(
@@ -468,6 +522,7 @@ def _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, templa
                     if result.best else "")  # fmt: skip
             print(f"{result.status}: step {result.step}, {time.perf_counter() - t0:.1f}s{best}; run directory "
                   f"{run_dir}", file=sys.stderr)  # fmt: skip
+        result.raise_if_interrupted()
         return result
     finally:
         runtime.teardown(rt)

@@ -780,7 +780,7 @@ class RLTrainer:
                 bar.close()
             if self.tracker is not None:
                 self.tracker.close()
-        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, last_eval)
+        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, last_eval, signum=self.stop.signum)
         best = self.ckpts.ranked()
         if best:
             result.best = {
@@ -832,7 +832,7 @@ def build(
         from lmlab.objectives.base import objective_for
 
         ds = load_dataset(opts.ptx_data)
-        same = (ds.path / "tokenizer.json").read_bytes() == (run_dir / "tokenizer.json").read_bytes()
+        same = ds.tokenizer.hf.to_str() == tokenizer.hf.to_str()
         if ds.vocab_size != policy.config.vocab_size or not same:
             raise LmlabError(
                 f"--ptx-data {opts.ptx_data} was prepared with another tokenizer than the policy's; "

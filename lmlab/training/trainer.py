@@ -41,6 +41,18 @@ class TrainResult:
     status: str  # finished | interrupted
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
     best: dict[str, Any] = field(default_factory=dict)  # best checkpoint name and metric
+    signum: int | None = None  # the signal that interrupted it (SIGINT or SIGTERM)
+
+    def raise_if_interrupted(self) -> None:
+        """After an interrupted run was saved and reported: KeyboardInterrupt (Ctrl-C) or Terminated (SIGTERM), so
+        that a caller stops too and the CLI exits with 130 or 143 instead of 0 as if the run had finished."""
+        if self.status != "interrupted":
+            return
+        import signal
+
+        from lmlab.errors import Terminated
+
+        raise Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 class Trainer:
@@ -94,6 +106,7 @@ class Trainer:
         self.fit_start = clock()
         self.last_eval: dict[str, Any] = {}
         self.skipped_steps = 0
+        self.window: dict[str, Any] = {"loss_sum": torch.zeros(()), "log_sums": {}, "steps": 0, "good": 0}
         if resume_from is not None:
             self._restore(resume_from)
         if rt.distributed:
@@ -129,6 +142,12 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
             "elapsed_s": self.elapsed(),
+            "log_window": {
+                "loss_sum": self.window["loss_sum"].detach().cpu().clone(),
+                "log_sums": {k: v.detach().cpu().clone() for k, v in self.window["log_sums"].items()},
+                "steps": self.window["steps"],
+                "good": self.window["good"],
+            },
         }
 
     def _restore(self, path: Path) -> None:
@@ -147,6 +166,8 @@ class Trainer:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if "log_window" in state:  # older checkpoints: the window restarts
+            self.window = dict(state["log_window"])
 
     def elapsed(self) -> float:
         """Wall-clock seconds of training so far, across resumes."""
@@ -224,9 +245,10 @@ class Trainer:
         state = {"tokens_seen": self.tokens_seen, "metrics": metrics, "time": time.time()}
         try:
             return self.ckpts.save(self.step, self.raw_model, state, self._trainer_state())
-        except OSError as e:
+        except (OSError, LmlabError) as e:
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
             raise LmlabError(
-                f"could not save the checkpoint of step {self.step} ({e.strerror or e}); the earlier checkpoints "
+                f"could not save the checkpoint of step {self.step} ({reason}); the earlier checkpoints "
                 f"are intact: free some disk space and resume with lmlab train --resume {self.run_dir}"
             ) from None
 
@@ -241,9 +263,13 @@ class Trainer:
         self.stop.install()
         status = "finished"
         self.fit_start = self.clock()
-        window_start, window_steps, window_good = self.fit_start, 0, 0  # good = not skipped (non-finite)
-        loss_sum = torch.zeros((), device=rt.device)
-        log_sums: dict[str, torch.Tensor] = {}  # the objective's own training figures (LossOut.log)
+        window_start = self.fit_start
+        # the log window (the steps since the last log row): restored on resume, so that the row after a resume
+        # averages the same steps as an uninterrupted run's. good = not skipped (non-finite)
+        w = self.window
+        loss_sum = w["loss_sum"].to(rt.device)
+        log_sums: dict[str, torch.Tensor] = {k: v.to(rt.device) for k, v in w["log_sums"].items()}
+        window_steps, window_good = w["steps"], w["good"]
         self.model.train()
         try:
             while self.step < cfg.max_steps:
@@ -284,6 +310,7 @@ class Trainer:
                 self.tokens_seen += self.tokens_per_step
                 window_steps += 1
                 row: dict[str, Any] = {}
+                self.window = {"loss_sum": loss_sum, "log_sums": log_sums, "steps": window_steps, "good": window_good}
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     elapsed = max(self.clock() - window_start, 1e-9)
                     tps = window_steps * self.tokens_per_step / elapsed
@@ -305,6 +332,7 @@ class Trainer:
                     loss_sum.zero_()
                     window_steps = window_good = 0
                     window_start = self.clock()
+                    self.window = {"loss_sum": loss_sum, "log_sums": log_sums, "steps": 0, "good": 0}
                 eval_due = (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps
                 save_due = self.ckpts.due(self.step) or self.step == cfg.max_steps or (eval_due and not cfg.save_every)
                 paused = self.clock()  # time spent saving and evaluating does not count against tokens/s
@@ -327,7 +355,7 @@ class Trainer:
             if tracker is not None:
                 tracker.close()
         best = self.ckpts.ranked()
-        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, self.last_eval)
+        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, self.last_eval, signum=self.stop.signum)
         if best:
             result.best = {
                 "checkpoint": best[0],

@@ -100,7 +100,7 @@ def test_a_run_directory_has_one_writer(base_run, tmp_path, capsys):
     with io.DirLock(base_run, "run directory"):
         assert_one_line_error(
             run_cli(["train", "--resume", str(base_run), "--train.max-steps", "21", "--train.no-progress"], capsys),
-            "in use by another lmlab process",
+            "is in use by process",
         )
         with pytest.raises(LmlabError, match="in use"):
             io.DirLock(base_run).acquire()

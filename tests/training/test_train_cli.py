@@ -148,7 +148,8 @@ def test_error_unwritable_run_directory(data, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     code, _, err = run_cli(["train", str(data), "tiny", "--out", str(blocker / "run"), *FAST], capsys)
-    assert_one_line_error(code, err, "cannot write the run directory")
+    assert_one_line_error(code, err, "cannot write", "Not a directory")
+    assert not (blocker / "run").exists() and blocker.read_text() == "not a directory"
 
 
 def test_error_bad_training_option(data, tmp_path, capsys):
