@@ -11,11 +11,12 @@ submodule never hides a function (``lmlab.train`` is this function; the package 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmlab.config import TrainConfig
+from lmlab.config import ModelConfig, TrainConfig
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -51,14 +52,19 @@ def prepare(config: PrepareConfig | str | None = None, /, **fields: Any) -> Prep
 
     ``lmlab.prepare("shakespeare", tokenizer="bpe", vocab_size=2048, source_file="input.txt")``
     """
+    from lmlab.config import make_config
     from lmlab.data.prepare import PrepareConfig, run
 
-    if isinstance(config, str):
-        cfg = PrepareConfig(source=config, **fields)
+    if isinstance(config, str | os.PathLike):
+        cfg = make_config(PrepareConfig, {"source": str(config), **fields}, "prepare")
     elif config is None:
-        cfg = PrepareConfig(**fields)
+        if "source" not in fields:
+            raise LmlabError('give the corpus to prepare: lmlab.prepare("shakespeare", tokenizer="char")')
+        cfg = make_config(PrepareConfig, fields, "prepare")
+    elif isinstance(config, PrepareConfig):
+        cfg = make_config(PrepareConfig, {**dataclasses.asdict(config), **fields}, "prepare") if fields else config
     else:
-        cfg = dataclasses.replace(config, **fields) if fields else config
+        raise LmlabError(f"lmlab.prepare takes a source path or a PrepareConfig, got {type(config).__name__}")
     return run(cfg)
 
 
@@ -90,9 +96,13 @@ def train(
         return launch.resume(Path(resume), data, model or {}, train_fields)
     if data is None:
         raise LmlabError("give the dataset directory to train on (made by lmlab prepare), e.g. data/shakespeare-char")
+    if model is not None and not isinstance(model, dict):
+        raise LmlabError(
+            f"model= takes a dict of ModelConfig fields (e.g. {{'n_layer': 2}}), got {type(model).__name__}"
+        )
     p = get_preset(preset or "baby")
     base = p.model if init_from is None else launch.parent_model_config(init_from)
-    model_cfg = dataclasses.replace(base, **(model or {}))
+    model_cfg = ModelConfig.from_dict({**base.to_dict(), **(model or {})})
     train_cfg = preset_train_config(p, **train_fields)
     return launch.start(
         Path(data), p, model_cfg, train_cfg, Path(out) if out else None,
@@ -104,8 +114,12 @@ def load(run: str | Path, checkpoint: str | None = None, device: str | torch.dev
     """Load a run directory: its model (eval mode) from ``checkpoint`` (best, latest, step-N; default best,
     else latest), its tokenizer and its config. ``lmlab.load("runs/baby-shakespeare-char").model``"""
     from lmlab import runs
+    from lmlab.runtime import pick_device
 
-    return runs.load(run, checkpoint=checkpoint, device=device)
+    if not isinstance(run, str | os.PathLike):
+        raise LmlabError(f"lmlab.load takes a run directory, got {type(run).__name__}")
+    dev = device if hasattr(device, "type") else pick_device(device, "device")
+    return runs.load(run, checkpoint=checkpoint, device=dev)
 
 
 def plot(
@@ -170,6 +184,9 @@ def translate(
 
     if (text is None) == (file is None):
         raise LmlabError('give either sentences to translate or --file, not both: lmlab translate RUN "I am cold."')
+    _check_ints(beam=beam, batch_size=batch_size)
+    _check_ints(lowest=0, max_new_tokens=max_new_tokens)
+    _check_finite(length_penalty=length_penalty)
     if file is not None:
         texts, names = read_lines(file)
     else:
@@ -185,7 +202,7 @@ def translate(
 
 def evaluate(
     run: str | Path,
-    split: str = "test",
+    split: str | None = None,
     *,
     data: str | Path | None = None,
     beam: int = 4,
@@ -206,25 +223,46 @@ def evaluate(
     min_new_tokens: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
+    report: Any = None,
 ) -> dict[str, Any]:
-    """Scores of run ``run`` on ``split`` of its dataset (or ``data``): BLEU, chrF and loss for a translation run,
+    """Scores of run ``run`` on ``split`` (default: test for translation, val for a language model) of its dataset
+    (or ``data``): BLEU, chrF and loss for a translation run,
     loss and perplexity for a language model; also written to RUN/eval-SPLIT.json (or ``out``). A classifier
     is scored on the labeled file ``data`` (default: its validation file): accuracy, macro-F1, Matthews
     correlation, written to RUN/eval-classify.json. A reward model is scored on a preference file ``data``
     (default: its validation file): pairwise accuracy with its standard error, mean margin (eval-reward.json).
     With ``prompts`` and ``reward``, a policy's responses to every prompt are scored instead: mean reward, KL to
     ``reference`` (default the run's parent), the reference's perplexity of them, distinct-2 (eval-prompts.json,
-    with the responses)."""
+    with the responses). ``report(scores)`` is called before the scores are saved (the CLI prints them), so a
+    failed save loses nothing."""
     import time
 
     from lmlab.data.dataset import load_dataset
     from lmlab.eval.evaluation import check_same_tokenizer, eval_lm, eval_translation
-    from lmlab.io import write_json
+    from lmlab.io import check_disjoint, write_json
     from lmlab.runs import read_config
     from lmlab.runtime import pick_device
 
+    _check_ints(beam=beam, batch_size=batch_size, samples=samples, max_new_tokens=max_new_tokens)
+    _check_ints(lowest=0, limit=limit, min_new_tokens=min_new_tokens, show=show)
+    _check_finite(length_penalty=length_penalty, temperature=temperature)
+    if temperature < 0:
+        raise LmlabError(f"--temperature must be at least 0, got {temperature}")
     run = Path(run)
     cfg = read_config(run)
+    if out is not None:
+        if Path(out).is_dir():
+            raise LmlabError(
+                f"--out {out} is a directory; give a file name for the scores (e.g. {Path(out) / 'eval.json'})"
+            )
+        check_disjoint(out, [run / "config.json", run / "checkpoints", data, prompts], what="--out")
+
+    def save(path: Path, scores: dict[str, Any]) -> dict[str, Any]:
+        if report is not None:
+            report(scores)
+        write_json(path, scores)
+        return scores
+
     if prompts is not None or reward is not None:
         if prompts is None or reward is None:
             raise LmlabError("scoring a policy's responses takes both --prompts FILE and --reward REWARD")
@@ -235,8 +273,7 @@ def evaluate(
             samples=samples, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
             seed=seed, batch_size=batch_size, checkpoint=checkpoint, device=device,
         )  # fmt: skip
-        write_json(Path(out) if out is not None else run / "eval-prompts.json", scores)
-        return scores
+        return save(Path(out) if out is not None else run / "eval-prompts.json", scores)
     if (cfg.get("head") or {}).get("kind") == "reward":
         from lmlab.eval.reward import score_pairs
 
@@ -244,8 +281,7 @@ def evaluate(
         if data is None and val is None:
             raise LmlabError(f"give the preference file to score {run} on with --data FILE.jsonl")
         scores = score_pairs(run, data or val, batch_size=batch_size, checkpoint=checkpoint, device=device)
-        write_json(Path(out) if out is not None else run / "eval-reward.json", scores)
-        return scores
+        return save(Path(out) if out is not None else run / "eval-reward.json", scores)
     if "head" in cfg:  # a classifier: scores on a labeled file (default: its validation file)
         from lmlab.eval.classify import classifier_run, score_file
 
@@ -253,8 +289,7 @@ def evaluate(
         if data is None and val is None:
             raise LmlabError(f"give the labeled file to score {run} on with --data FILE.tsv")
         scores = score_file(classifier_run(run, checkpoint, pick_device(device)), data or val, batch_size)
-        write_json(Path(out) if out is not None else run / "eval-classify.json", scores)
-        return scores
+        return save(Path(out) if out is not None else run / "eval-classify.json", scores)
     data_path = Path(data) if data is not None else Path(cfg.get("data", {}).get("path", ""))
     if not str(data_path) or not data_path.is_dir():
         raise LmlabError(f"the dataset of run {run} ({data_path}) is not there; pass its directory with --data")
@@ -262,13 +297,30 @@ def evaluate(
     check_same_tokenizer(run, ds.path)
     dev = pick_device(device)
     t0 = time.perf_counter()
+    split = split or ("test" if cfg["model"].get("arch") == "seq2seq" else "val")
     if cfg["model"].get("arch") == "seq2seq":
         scores = eval_translation(run, ds, split, beam, length_penalty, batch_size, limit, checkpoint, dev, show)
     else:
         scores = eval_lm(run, ds, split, batch_size, checkpoint, dev)
     scores["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(Path(out) if out is not None else run / f"eval-{split}.json", scores)
-    return scores
+    return save(Path(out) if out is not None else run / f"eval-{split}.json", scores)
+
+
+def _check_ints(lowest: int = 1, **values: Any) -> None:
+    """Each value an integer of at least ``lowest`` (an option a user can get wrong: named in the message)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise LmlabError(f"--{name.replace('_', '-')} must be an integer, got {v!r}")
+        if v < lowest:
+            raise LmlabError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
+
+
+def _check_finite(**values: Any) -> None:
+    import math
+
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LmlabError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
 
 
 def attention(
@@ -299,11 +351,12 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     return import_hf_run(src, out)
 
 
-def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
-    """Write run ``run`` (a GPT-2-shaped GPT) as a directory ``GPT2LMHeadModel.from_pretrained(out)`` loads."""
+def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None, overwrite: bool = False) -> Path:
+    """Write run ``run`` (a GPT-2-shaped GPT) as a directory ``GPT2LMHeadModel.from_pretrained(out)`` loads; an
+    existing ``out`` is replaced only with ``overwrite``."""
     from lmlab.models.hf import export_hf_run
 
-    return export_hf_run(run, out, checkpoint)
+    return export_hf_run(run, out, checkpoint, overwrite)
 
 
 def finetune(
@@ -406,18 +459,17 @@ def chat(
     are ``GenerationRequest`` fields (``max_new_tokens``, ``temperature``, ``seed`` ...)."""
     from lmlab.generation.chat import stream_reply, uses_template
     from lmlab.generation.request import GenerationRequest
-    from lmlab.runs import load
+    from lmlab.runs import check_generates_text, load, read_config
     from lmlab.runtime import pick_device
 
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     messages = ([{"role": "system", "content": system}] if system is not None else []) + list(messages)
     request = GenerationRequest(**options)  # bad options fail before the model is loaded
+    check_generates_text(run, read_config(run), "chat")
     loaded = load(run, checkpoint=checkpoint, device=pick_device(device))
     if loaded.tokenizer is None:
         raise LmlabError(f"{run} has no tokenizer.json; copy its dataset's tokenizer.json into it")
-    if loaded.labels is not None:
-        raise LmlabError(f"{run} is a classifier, which labels text rather than writing it; use lmlab.classify")
     pieces = stream_reply(loaded.model, loaded.tokenizer, messages, request, template=uses_template(loaded.config))
     return "".join(pieces)
 

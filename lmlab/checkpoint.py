@@ -114,6 +114,13 @@ def find_checkpoint(root: str | Path, which: str | None = None) -> Path:
         if which not in LINKS and not STEP_DIR.match(which):
             raise LmlabError(f"unknown checkpoint {which!r}: use best, latest, step-N or a checkpoint directory")
         wanted = root / which
+        if wanted.is_symlink() and not wanted.exists():  # a link to a checkpoint deleted by hand: the newest good one
+            good = [c for c in reversed(list_checkpoints(root)) if verify_checkpoint(c) is None]
+            if not good:
+                raise LmlabError(f"{which} in {root} points to {os.readlink(wanted)}, which is gone, and no other "
+                                 "checkpoint is left")  # fmt: skip
+            warnings.warn(f"{which} points to {os.readlink(wanted)}, which is gone; using {good[0].name}", stacklevel=2)
+            return good[0].resolve()
         if not wanted.exists():
             have = ", ".join(p.name for p in list_checkpoints(root)[-5:]) or "none"
             raise LmlabError(f"checkpoint {which} not found in {root} (have: {have})")

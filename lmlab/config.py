@@ -8,10 +8,67 @@ comment is its ``--help`` line on the command line (tyro reads it).
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmlab.errors import LmlabError, did_you_mean
+
+
+def check_types(obj: Any, prefix: str = "--") -> None:
+    """Refuse a config field whose value is not of its declared type (``vocab_size="big"``, a NaN learning rate),
+    naming the field as the command line spells it. The command line parses types already; this guards the
+    Python API, where any value can be passed."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints.get(f.name)
+        if hint is not None and not _fits(value, hint):
+            raise LmlabError(f"{prefix}{f.name.replace('_', '-')} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is Literal:  # the value itself is checked where the choices are named (with "did you mean")
+        return isinstance(value, type(typing.get_args(hint)[0]))
+    if origin is tuple:
+        return isinstance(value, (tuple, list))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # a type this check does not know: left to the code that uses it
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if hint is type(None):
+        return "None"
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def make_config(cls: Any, fields: dict[str, Any], what: str) -> Any:
+    """``cls(**fields)``, with an unknown field refused by name ("did you mean") instead of a TypeError."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise LmlabError(f"unknown {what} option {unknown[0]!r}{did_you_mean(unknown[0], known)}")
+    return cls(**fields)
+
 
 ARCHS = ("gpt", "rnn", "lstm", "seq2seq")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
@@ -52,6 +109,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Refuse an inconsistent shape with a message that names the field."""
+        check_types(self, "--model.")
         for name, allowed in (
             ("arch", ARCHS),
             ("pos", POSITIONS),
@@ -122,7 +180,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise LmlabError(f"model config has unknown field(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}")
+            raise LmlabError(f"unknown model option {unknown[0]!r}{did_you_mean(unknown[0], known)}")
         return cls(**d)
 
 
@@ -372,6 +430,7 @@ class TrainConfig:
     progress: bool = True  # show the live progress bar
 
     def __post_init__(self) -> None:
+        check_types(self, "--train.")
         positive = ("batch_size", "grad_accum", "max_steps", "eval_steps", "log_every")
         for name in positive:
             if getattr(self, name) < 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmlab.io import atomic_path
+from lmlab.errors import LmlabError
+from lmlab.io import atomic_path, write_error
 
 
 def pyplot() -> Any:
@@ -22,8 +23,13 @@ def save_png(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` through a temporary file and a rename (never a half-written PNG), then close it."""
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if path.is_dir():
+            raise LmlabError(f"{path} is a directory; give a file name for the figure, e.g. {path / 'figure.png'}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(path.parent, e) from None
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi)
     finally:

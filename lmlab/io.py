@@ -267,8 +267,13 @@ class DirLock:
     processes interleaving checkpoints. The kernel drops the lock when the holder exits, even on SIGKILL, so a
     crash never leaves a stale lock behind. On systems without ``fcntl`` it does nothing."""
 
-    def __init__(self, directory: str | os.PathLike, what: str = "directory") -> None:
-        self.directory, self.what = Path(directory), what
+    def __init__(self, directory: str | os.PathLike, what: str = "directory", *, beside: bool = False) -> None:
+        """``beside``: the lock file is ``.NAME.lock`` next to the directory, for a directory that is built elsewhere
+        and swapped in whole (a dataset); it is removed on release."""
+        self.directory, self.what, self.beside = Path(directory), what, beside
+        self.lock_file = (
+            self.directory.with_name(f".{self.directory.name}.lock") if beside else self.directory / ".lock"
+        )
         self._fd: int | None = None
 
     def acquire(self) -> DirLock:
@@ -276,30 +281,45 @@ class DirLock:
             import fcntl
         except ImportError:  # Windows: no advisory locks; a single writer is the user's to keep
             return self
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise write_error(self.directory, e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe_process(os.read(fd, 32).decode("utf-8", "replace").strip())
+        while True:
+            try:
+                self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise write_error(self.directory, e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                break
+            try:  # a lock file removed by its last holder after we opened it: lock the new one instead
+                same = os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                fd = self._claim(fd)
+                return self
             os.close(fd)
-            raise LmlabError(
-                f"{self.what} {self.directory} is in use by {holder}; wait for it to finish (or stop it) "
-                "before writing to it"
-            ) from None
+        holder = _describe_process(os.read(fd, 32).decode("utf-8", "replace").strip())
+        os.close(fd)
+        raise LmlabError(
+            f"{self.what} {self.directory} is in use by {holder}; wait for it to finish (or stop it) before "
+            "writing to it"
+        )
+
+    def _claim(self, fd: int) -> int:
         # who holds it, for the message a second writer gets (a lock left by a dead process is not held: the
         # kernel released it, so the next writer takes it over and rewrites this line)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
-        return self
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:
+            if self.beside:
+                with contextlib.suppress(OSError):
+                    self.lock_file.unlink()
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 

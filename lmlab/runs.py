@@ -66,13 +66,21 @@ def save_run(
 ) -> Path:
     """Write a run directory holding ``model`` as checkpoint ``step`` (used by import-hf and by tests)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_json(run_dir / "config.json", {"model": model.config.to_dict(), **(extra_config or {})})
-    if tokenizer is not None:
-        tokenizer.save(run_dir / "tokenizer.json")
-    root = run_dir / "checkpoints"
-    path = ckpt.write_checkpoint(root, step, model, {"tokens_seen": 0, "metrics": {}})
-    ckpt.point(root, "latest", path)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise LmlabError(f"{run_dir} exists and is not empty; choose a new run directory")
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise io.write_error(run_dir.parent, e) from None
+    with io.atomic_dir(run_dir) as tmp:  # built whole beside it: an interrupted import or merge leaves nothing
+        config = {"model": model.config.to_dict(), **(extra_config or {})}
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer.json")
+            config["tokenizer_sha256"] = io.sha256_file(tmp / "tokenizer.json")
+        io.write_json(tmp / "config.json", config)
+        root = tmp / "checkpoints"
+        path = ckpt.write_checkpoint(root, step, model, {"tokens_seen": 0, "metrics": {}})
+        ckpt.point(root, "latest", path)
     return run_dir
 
 
@@ -130,12 +138,49 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch
     model = build_run_model(cfg)
     ckpt.load_weights(model, path, device)
     model.to(device).eval()
-    tokenizer = None
-    if (run_dir / "tokenizer.json").is_file():
-        from lmlab.data.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    tokenizer = run_tokenizer(run_dir, cfg)
     return Run(run_dir, model, tokenizer, cfg, path, ckpt.read_state(path))
+
+
+def check_generates_text(run_dir: str | Path, cfg: dict[str, Any], verb: str = "sample") -> None:
+    """Refuse, before loading anything, a run that does not continue text: a classifier or reward model (a head)
+    or a translation (seq2seq) run, saying which verb it takes."""
+    head = cfg.get("head")
+    if head is not None:
+        if head.get("kind") == "reward":
+            raise LmlabError(f"{run_dir} is a reward model, which scores responses rather than writing them; use "
+                             f"lmlab score {run_dir}")  # fmt: skip
+        raise LmlabError(f"{run_dir} is a classifier, which labels text rather than writing it; use lmlab classify "
+                         f"{run_dir}")  # fmt: skip
+    if (cfg.get("model") or {}).get("arch") == "seq2seq":
+        raise LmlabError(f"{run_dir} is a translation (seq2seq) run, which {verb} cannot talk to; use lmlab translate "
+                         f"{run_dir} \"TEXT\"")  # fmt: skip
+
+
+def run_tokenizer(run_dir: str | Path, cfg: dict[str, Any], name: str = "tokenizer.json") -> Any:
+    """The run's tokenizer (None when it has none), checked against what the run was trained with: the sha256 its
+    config.json recorded, and a vocabulary that fits the model. A swapped tokenizer.json would decode the model's
+    ids into garbage without a word; this says so instead."""
+    from lmlab.data.tokenizer import load_tokenizer
+
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    recorded = cfg.get("tokenizer_sha256") if name == "tokenizer.json" else None
+    if name == "tokenizer.json" and recorded is None:
+        recorded = (cfg.get("data") or {}).get("tokenizer_sha256")
+    if recorded is not None and io.sha256_file(path) != recorded:
+        raise LmlabError(
+            f"{path} is not the tokenizer this run was trained with (its sha256 differs from config.json's); put the "
+            "original back (it is the dataset's tokenizer.json)"
+        )
+    tokenizer = load_tokenizer(path)
+    vocab = (cfg.get("model") or {}).get("vocab_size")
+    if name == "tokenizer.json" and vocab and tokenizer.vocab_size > vocab:
+        raise LmlabError(
+            f"{path} has {tokenizer.vocab_size} tokens but the model only {vocab}: it is not this run's tokenizer"
+        )
+    return tokenizer
 
 
 def lineage(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -48,7 +48,11 @@ class Runtime:
         return f"{where}, {self.precision}{dist}"
 
 
-def pick_device(spec: str = "auto") -> torch.device:
+def pick_device(spec: str = "auto", option: str = "--device") -> torch.device:
+    """The torch device for ``spec`` (auto, cpu, cuda, cuda:N, mps); ``option`` names where it came from, for the
+    message when the machine has no such device."""
+    if not isinstance(spec, str):
+        raise LmlabError(f"{option} must be a device name (auto, cpu, cuda, cuda:N or mps), got {spec!r}")
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -58,9 +62,15 @@ def pick_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise LmlabError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise LmlabError(f"{option}: unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise LmlabError(f"device {spec} asked for, but CUDA is not available here; use --train.device cpu")
+        raise LmlabError(f"{option} {spec}: CUDA is not available on this machine; use {option} cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LmlabError(f"{option} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LmlabError(f"{option} mps: Apple's MPS is not available on this machine; use {option} cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise LmlabError(f"{option}: unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -77,12 +87,12 @@ def pick_precision(spec: str, device: torch.device) -> str:
     return spec
 
 
-def setup(device: str = "auto", precision: str = "auto") -> Runtime:
+def setup(device: str = "auto", precision: str = "auto", option: str = "--device") -> Runtime:
     """Choose device and precision; join the process group when started by torchrun (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device)
+    dev = pick_device(device, option)
     if world_size > 1:
         import torch.distributed as dist
 

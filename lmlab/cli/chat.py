@@ -87,12 +87,14 @@ def chat(cfg: ChatConfig, stdin: TextIO | None = None, out: TextIO | None = None
         )
     )
     from lmlab.generation.chat import stream_reply, uses_template
-    from lmlab.runs import read_config
+    from lmlab.runs import check_generates_text, read_config
 
-    template = uses_template(read_config(cfg.run))
+    run_cfg = read_config(cfg.run)
+    check_generates_text(cfg.run, run_cfg, "chat")  # before the first line is typed, not after it
+    template = uses_template(run_cfg)
     if cfg.system is not None and not template:
         raise LmlabError(f"{cfg.run} is a base model with no chat template; --system needs a chat (sft) run")
-    model, tok = load_for_generation(cfg.run, cfg.checkpoint, cfg.device)
+    model, tok = load_for_generation(cfg.run, cfg.checkpoint, cfg.device, "chat")
     context = model.config.block_size
     reply_budget = max(1, min(cfg.max_new_tokens, context // 2))
     history_budget = context - reply_budget  # prompt + reply always fit: no window slides mid-reply

@@ -20,7 +20,7 @@ class EvalConfig:
     eval-prompts.json)."""
 
     run: tyro.conf.Positional[str]  # run directory
-    split: str = "test"  # translation: test | val | train; language models: val | train
+    split: str | None = None  # translation: test (default) | val | train; language models: val (default) | train
     data: str | None = None  # dataset directory (classifiers: a labeled .tsv/.jsonl); default the run's own
     beam: int = 4  # translation: beam size (1 = greedy)
     length_penalty: float = 1.0  # translation: beam ranks hypotheses by log p / length^this
@@ -60,11 +60,15 @@ def main(argv: list[str]) -> None:
             max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature,
             seed=cfg.seed,
         )  # fmt: skip
-    s = evaluate(
+    evaluate(
         cfg.run, cfg.split, data=cfg.data, beam=cfg.beam, length_penalty=cfg.length_penalty,
         batch_size=cfg.batch_size, limit=cfg.limit, checkpoint=cfg.checkpoint, device=cfg.device, out=cfg.out,
-        show=cfg.show, **policy,
+        show=cfg.show, report=lambda s: _print(cfg, s), **policy,
     )  # fmt: skip
+
+
+def _print(cfg: EvalConfig, s: dict) -> None:
+    """The scores on the terminal: printed before they are saved, so that a failed save loses nothing."""
     if "samples" in s:
         for ex in s["samples"][: cfg.show]:
             print(f"  {ex['prompt']!r} => {ex['response']!r}  reward {ex['reward']:.4f}", file=sys.stderr)

@@ -17,11 +17,12 @@ class ExportHFConfig:
     run: tyro.conf.Positional[str]  # lmlab run directory
     out: tyro.conf.Positional[str]  # output directory for the Hugging Face checkpoint
     checkpoint: str | None = None  # best, latest or step-N; default best, else latest
+    overwrite: bool = False  # replace an existing output directory (one that holds a model)
 
 
 def main(argv: list[str]) -> None:
     from lmlab.api import export_hf
 
     cfg = parse(ExportHFConfig, args=argv, prog="lmlab export-hf", config=(tyro.conf.PositionalMetavarFromFieldName,))
-    out = export_hf(cfg.run, cfg.out, checkpoint=cfg.checkpoint)
+    out = export_hf(cfg.run, cfg.out, checkpoint=cfg.checkpoint, overwrite=cfg.overwrite)
     print(f"exported {cfg.run} -> {out}")

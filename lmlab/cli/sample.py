@@ -87,13 +87,12 @@ def read_prompt_file(path: str) -> str:
         raise LmlabError(f"prompt file {p} is not UTF-8 text") from None
 
 
-def load_for_generation(run: str, checkpoint: str | None, device: str):
+def load_for_generation(run: str, checkpoint: str | None, device: str, verb: str = "sample"):
     """(model, tokenizer) of a run, or a one-line error saying what is missing."""
-    from lmlab.runs import load, read_config
+    from lmlab.runs import check_generates_text, load, read_config
     from lmlab.runtime import pick_device
 
-    if "head" in read_config(run):
-        raise LmlabError(f"{run} is a classifier, which labels text rather than writing it; use lmlab classify {run}")
+    check_generates_text(run, read_config(run), verb)
     loaded = load(run, checkpoint=checkpoint, device=pick_device(device))
     if loaded.tokenizer is None:
         raise LmlabError(f"{run} has no tokenizer.json; copy the dataset's tokenizer.json into the run directory")

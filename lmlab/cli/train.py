@@ -30,14 +30,7 @@ def main(argv: list[str]) -> None:
     positionals = []
     while argv and not argv[0].startswith("-"):
         positionals.append(argv.pop(0))
-    data = preset_name = None
-    for arg in positionals:
-        if Path(arg).is_dir() and data is None:
-            data = arg
-        elif preset_name is None and not Path(arg).exists() and "/" not in arg:
-            preset_name = arg
-        else:
-            raise LmlabError(f"unexpected argument {arg!r}: usage is lmlab train DATA_DIR PRESET [options]")
+    data, preset_name = _data_and_preset(positionals)
     resume = _option_value(argv, "--resume")
     init_from = _option_value(argv, "--init-from")
     if resume is not None:
@@ -72,6 +65,27 @@ def main(argv: list[str]) -> None:
         data, preset_name, out=args.out, model=model_over, init_from=args.init_from,
         init_checkpoint=args.init_checkpoint, **train_over,
     )  # fmt: skip
+
+
+def _data_and_preset(positionals: list[str]) -> tuple[str | None, str | None]:
+    """DATA_DIR and PRESET from the words before the options (one word: a dataset, or a preset when it names one
+    and no such path exists), each checked so that the message says which is wrong."""
+    usage = "usage is lmlab train DATA_DIR PRESET [options]"
+    if len(positionals) > 2:
+        raise LmlabError(f"unexpected argument {positionals[2]!r}: {usage}")
+    if len(positionals) == 1 and positionals[0] in preset_names() and not Path(positionals[0]).exists():
+        return None, positionals[0]
+    data = positionals[0] if positionals else None
+    preset_name = positionals[1] if len(positionals) > 1 else None
+    if data is not None:
+        path = Path(data)
+        if not path.exists():
+            raise LmlabError(f"dataset directory {data} not found; make one with lmlab prepare SOURCE --out {data}")
+        if not path.is_dir():
+            raise LmlabError(f"{data} is a file, not a dataset directory; prepare it first: lmlab prepare {data}")
+    if preset_name is not None:
+        get_preset(preset_name)  # an unknown name: "did you mean"
+    return data, preset_name
 
 
 def _changed(value: Any, default: Any) -> dict[str, Any]:

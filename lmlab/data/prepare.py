@@ -33,7 +33,7 @@ from lmlab.data.formats.pairs import SPLITS as PAIR_SPLITS
 from lmlab.data.formats.pairs import read_pairs, source_key, split_pairs
 from lmlab.data.sources import resolve_source
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.io import atomic_dir, write_json
+from lmlab.io import DirLock, atomic_dir, check_disjoint, write_error, write_json
 
 BLOCK_BYTES = 1 << 14  # read files in 16 KiB blocks cut at the last newline: small pieces balance encode_batch best
 MAX_REPORTED_LINES = 10  # malformed pair lines named in a warning or error
@@ -69,6 +69,9 @@ class PrepareConfig:
     strict: bool = False  # translation: refuse malformed pair lines instead of skipping them with a warning
 
     def __post_init__(self) -> None:
+        from lmlab.config import check_types
+
+        check_types(self)
         if not 0.0 < self.val_fraction < 1.0:
             raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if self.min_val_tokens < 2:
@@ -111,20 +114,14 @@ def run(cfg: PrepareConfig) -> PreparedDataset:
         raise LmlabError(f"--documents: unknown value {cfg.documents!r}; choose files or lines")
     t0 = time.perf_counter()
     name, files = resolve_source(cfg.source, cfg.source_file)
-    for path in files:
-        _check_text_file(path)
     kind, existing = _tokenizer_choice(cfg.tokenizer)
     if existing is None:
         toklib.check_vocab_size(kind, cfg.vocab_size)
-    out = Path(cfg.out) if cfg.out else Path("data") / f"{name}-{kind if existing is None else 'custom'}"
-    if out.exists() and not cfg.overwrite:
-        raise LmlabError(f"output directory {out} exists; pass --overwrite to replace it or choose --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LmlabError(f"cannot create {out.parent}: {e.strerror}") from None
+    out = _output_dir(cfg, name, kind, existing, files)
+    for path in files:
+        _check_text_file(path, cfg.encoding)
     segments, unit = plan_split(files, cfg.val_fraction, cfg.seed)
-    with atomic_dir(out) as tmp:
+    with DirLock(out, "dataset", beside=True), atomic_dir(out) as tmp:
         if existing is not None:
             tok = existing
         else:
@@ -156,6 +153,25 @@ def run(cfg: PrepareConfig) -> PreparedDataset:
     return PreparedDataset(out, meta)
 
 
+def _output_dir(cfg: PrepareConfig, name: str, kind: str, existing: Any, files: list[Path]) -> Path:
+    """The dataset directory to build: never one that is, contains or lies inside an input (the sources, the
+    --tokenizer file), --overwrite or not; an existing one only with --overwrite; its parent made."""
+    out = Path(cfg.out) if cfg.out else Path("data") / f"{name}-{kind if existing is None else 'custom'}"
+    source = Path(cfg.source).expanduser()
+    inputs = [source if source.is_dir() else None, *files, cfg.tokenizer if existing is not None else None]
+    check_disjoint(out, inputs)
+    if out.exists() and not cfg.overwrite:
+        raise LmlabError(f"output directory {out} exists; pass --overwrite to replace it or choose --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise LmlabError(f"{out} exists and is not a prepared dataset; --overwrite replaces only a dataset: choose "
+                         "another --out")  # fmt: skip
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out.parent, e) from None
+    return out
+
+
 def _tokenizer_choice(spec: str) -> tuple[str, toklib.Tokenizer | None]:
     if spec in toklib.KINDS:
         return spec, None
@@ -169,13 +185,15 @@ def _tokenizer_choice(spec: str) -> tuple[str, toklib.Tokenizer | None]:
     )
 
 
-def _check_text_file(path: Path) -> None:
+def _check_text_file(path: Path, encoding: str = "utf-8") -> None:
+    """Refuse a binary file: one with NUL characters in its first 8 KB, read in ``encoding`` (UTF-16 text is full
+    of NUL bytes, none of them a NUL character)."""
     try:
         with open(path, "rb") as f:
             head = f.read(8192)
     except OSError as e:
         raise LmlabError(f"cannot read {path}: {e.strerror}") from None
-    if b"\x00" in head:
+    if "\x00" in head.decode(encoding, errors="ignore"):
         raise LmlabError(
             f"{path} is not a text file (it contains NUL bytes); give text files only, e.g. a glob like 'dir/*.txt'"
         )
@@ -209,14 +227,17 @@ def _line_cut(path: Path, size: int, target: int) -> int:
     with open(path, "rb") as f:
         f.seek(target)
         ahead = f.read(LINE_SEARCH_BYTES)
+        # a line end is taken only where it keeps the two parts near their planned sizes: a file of one long line
+        # (its only newline at the end) is cut inside the line, not after it (which would leave validation empty)
+        slack = max(1, min(target, size - target) // 2)
         i = ahead.find(b"\n")
-        if i >= 0:
+        if i >= 0 and i + 1 <= slack:
             return target + i + 1
         lo = max(0, target - LINE_SEARCH_BYTES)
         f.seek(lo)
         behind = f.read(target - lo)
         i = behind.rfind(b"\n")
-        if i >= 0:
+        if i >= 0 and target - (lo + i + 1) <= slack:
             return lo + i + 1
         # no line end nearby: cut at a character start (skip UTF-8 continuation bytes)
         while ahead and (ahead[0] & 0xC0) == 0x80 and target < size:
@@ -420,16 +441,14 @@ def prepare_translation(cfg: PrepareConfig) -> PreparedDataset:
             f"got test {cfg.test_fraction}, val {cfg.val_fraction}"
         )
     name, files = resolve_source(cfg.source, cfg.source_file)
-    for path in files:
-        _check_text_file(path)
     kind, existing = _tokenizer_choice(cfg.tokenizer)
     if existing is not None and cfg.separate_tokenizers:
         raise LmlabError("--separate-tokenizers trains two tokenizers: give a kind (bpe, char, word) as --tokenizer")
     if existing is None:
         toklib.check_vocab_size(kind, cfg.vocab_size)
-    out = Path(cfg.out) if cfg.out else Path("data") / f"{name}-{kind if existing is None else 'custom'}"
-    if out.exists() and not cfg.overwrite:
-        raise LmlabError(f"output directory {out} exists; pass --overwrite to replace it or choose --out")
+    out = _output_dir(cfg, name, kind, existing, files)
+    for path in files:
+        _check_text_file(path, cfg.encoding)
 
     read = read_pairs(files, columns, cfg.encoding, cfg.errors)
     if read.malformed:
@@ -449,11 +468,7 @@ def prepare_translation(cfg: PrepareConfig) -> PreparedDataset:
         raise LmlabError(f"{cfg.source} has no sentence pairs (tab-separated source and target per line)")
     splits = split_pairs(read.pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LmlabError(f"cannot create {out.parent}: {e.strerror}") from None
-    with atomic_dir(out) as tmp:
+    with DirLock(out, "dataset", beside=True), atomic_dir(out) as tmp:
         src_tok, tgt_tok = _tokenizers(kind, existing, splits, read.pairs, cfg)
         dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 2**16 else np.uint32
         counts = {split: _write_split(tmp, split, splits[split], src_tok, tgt_tok, dtype) for split in PAIR_SPLITS}

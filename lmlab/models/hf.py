@@ -238,21 +238,32 @@ def _hf_tokenizer(src: Path):
     return None
 
 
-def save_hf_model(model: torch.nn.Module, out: str | Path, tokenizer_file: str | Path | None = None) -> Path:
-    """Write ``out/config.json`` + ``out/model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads."""
+def save_hf_model(
+    model: torch.nn.Module, out: str | Path, tokenizer_file: str | Path | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write ``out/config.json`` + ``out/model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads. The
+    directory is built beside ``out`` and swapped in whole: an interrupted export leaves nothing (or the old one).
+    An existing ``out`` is replaced only with ``overwrite`` and only when it holds a checkpoint (a config.json)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LmlabError(f"{out} exists and is not a directory; choose another output path")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise LmlabError(f"{out} exists; pass --overwrite to replace it or choose another output directory")
+        if not (out / "config.json").is_file():
+            raise LmlabError(f"{out} is not a model directory (no config.json); --overwrite replaces only a model")
     tensors = state_dict_to_hf(model)
-    out.mkdir(parents=True, exist_ok=True)
-    # each file atomically: an interrupted export never leaves a truncated model.safetensors
-    with io.atomic_path(out / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    io.write_json(out / "config.json", config_to_hf(model.config))
-    if tokenizer_file is not None and Path(tokenizer_file).is_file():
-        io.write_bytes(out / "tokenizer.json", Path(tokenizer_file).read_bytes())
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size}
-        io.write_json(out / "tokenizer_config.json", config)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise io.write_error(out.parent, e) from None
+    with io.atomic_dir(out) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        io.write_json(tmp / "config.json", config_to_hf(model.config))
+        if tokenizer_file is not None and Path(tokenizer_file).is_file():
+            io.write_bytes(tmp / "tokenizer.json", Path(tokenizer_file).read_bytes())
+            config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size}
+            io.write_json(tmp / "tokenizer_config.json", config)
     return out
 
 
@@ -265,17 +276,19 @@ def import_hf_run(src: str | Path, out: str | Path) -> Path:
     from lmlab.runs import save_run
 
     src, out = Path(src), Path(out)
+    io.check_disjoint(out, [src], what="the output")
     if (out / "config.json").exists():
         raise LmlabError(f"{out} already holds a run; choose a new output directory")
     model = load_hf_model(src)
     return save_run(out, model, _hf_tokenizer(src), extra_config={"source": {"import_hf": str(src.resolve())}})
 
 
-def export_hf_run(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
+def export_hf_run(run: str | Path, out: str | Path, checkpoint: str | None = None, overwrite: bool = False) -> Path:
     """Write run ``run`` (a GPT-2-shaped GPT) as a directory ``GPT2LMHeadModel.from_pretrained(out)`` loads."""
     from lmlab.runs import load_run, read_config
 
     run = Path(run)
+    io.check_disjoint(out, [run], what="the output")
     cfg = read_config(run)
     if "head" in cfg:
         raise LmlabError(f"{run} is a classifier; GPT-2's format has no place for its head, so it cannot be exported")
@@ -283,4 +296,4 @@ def export_hf_run(run: str | Path, out: str | Path, checkpoint: str | None = Non
         raise LmlabError(f"{run} keeps LoRA adapters; merge them first (lmlab merge {run} --out NEW), then export NEW")
     check_gpt2_shape(ModelConfig.from_dict(cfg["model"]))  # before loading any weights
     model, _, _ = load_run(run, checkpoint=checkpoint)
-    return save_hf_model(model, out, run / "tokenizer.json")
+    return save_hf_model(model, out, run / "tokenizer.json", overwrite=overwrite)

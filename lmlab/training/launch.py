@@ -97,12 +97,13 @@ def start(
     run_dir = out or Path("runs") / f"{p.name}-{ds.path.resolve().name}"
     if init_from is not None and run_dir.resolve() == init_from.resolve():
         raise LmlabError(f"--out {run_dir} is the --init-from run itself; choose a new run directory")
+    io.check_disjoint(run_dir, [ds.path, init_from])
     if (run_dir / "checkpoints").exists() and any(ckpt.list_checkpoints(run_dir / "checkpoints")):
         raise LmlabError(
             f"run directory {run_dir} already has checkpoints; continue it with --resume {run_dir} "
             "or choose another --out"
         )
-    rt = runtime.setup(train_cfg.device, train_cfg.precision)
+    rt = runtime.setup(train_cfg.device, train_cfg.precision, "--train.device")
     lock = io.DirLock(run_dir, "run directory")
     config = {
         "lmlab_version": __version__,
@@ -258,7 +259,7 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
                     f"original dataset ({cfg['data'].get('path')})"
                 )
     path = ckpt.find_checkpoint(run_dir / "checkpoints", "latest")
-    rt = runtime.setup(train_cfg.device, train_cfg.precision)
+    rt = runtime.setup(train_cfg.device, train_cfg.precision, "--train.device")
     changes = {
         k: (getattr(saved_train, k), getattr(train_cfg, k))
         for k in train_over
@@ -422,6 +423,9 @@ def finetune(
     run_dir = out or parent.parent / f"{parent.name}-{method}-{data.stem}"
     if run_dir.resolve() == parent.resolve():
         raise LmlabError(f"--out {run_dir} is the parent run itself; choose a new run directory")
+    reward_run = getattr(opts, "reward", None)
+    io.check_disjoint(run_dir, [parent, data, opts.val, getattr(opts, "ptx_data", None),
+                                reward_run if reward_run and Path(reward_run).exists() else None])  # fmt: skip
     if (run_dir / "checkpoints").exists() and any(ckpt.list_checkpoints(run_dir / "checkpoints")):
         raise LmlabError(f"run directory {run_dir} already has checkpoints; choose another --out")
     from lmlab.runs import parent_weights_sha256
@@ -441,6 +445,7 @@ def finetune(
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
         "finetune": {"method": method, "files": files, "options": options},
+        "tokenizer_sha256": io.sha256_file(parent / "tokenizer.json"),
         "parent": {
             "run": str(parent.resolve()),
             "checkpoint": weights.name,
@@ -459,7 +464,7 @@ def finetune(
         config["lora"] = dataclasses.asdict(lora)
     if (objective is not None and objective.chat) or template:  # a chat model, and every run descended from one
         config["chat_template"] = "lmlab"
-    rt = runtime.setup(train_cfg.device, train_cfg.precision)
+    rt = runtime.setup(train_cfg.device, train_cfg.precision, "--train.device")
     lock = io.DirLock(run_dir, "run directory")
 
     def write_run_files() -> None:  # once the trainer is built: a refused fine-tune writes nothing

@@ -78,7 +78,21 @@ class Trainer:
         self.raw_model = self.model
         # real tokens per micro-batch: translation pairs are shorter than block_size, and padding does not count
         tokens_per_micro = cfg.batch_size * objective.tokens_per_sequence * rt.world_size
-        self.accum = max(1, round(cfg.tokens_per_step / tokens_per_micro)) if cfg.tokens_per_step else cfg.grad_accum
+        if cfg.tokens_per_step:
+            self.accum = max(1, round(cfg.tokens_per_step / tokens_per_micro))
+            # a micro-batch of whole windows has an exact size: a target that is not a multiple of it is refused
+            # rather than silently rounded (pairs of sentences vary in length: there it is the nearest multiple)
+            exact = float(tokens_per_micro).is_integer()
+            if cfg.tokens_per_step < tokens_per_micro or (exact and cfg.tokens_per_step % int(tokens_per_micro)):
+                lo = max(1, cfg.tokens_per_step // int(tokens_per_micro)) * int(tokens_per_micro)
+                raise LmlabError(
+                    f"--train.tokens-per-step {cfg.tokens_per_step:,} cannot be met: one micro-batch is "
+                    f"{int(tokens_per_micro):,} tokens ({cfg.batch_size} sequences x {objective.tokens_per_sequence:g} "
+                    f"tokens x {rt.world_size} processes); use a multiple of it (e.g. {lo:,} or "
+                    f"{lo + int(tokens_per_micro):,}) or change --train.batch-size"
+                )
+        else:
+            self.accum = cfg.grad_accum
         self.tokens_per_step = tokens_per_micro * self.accum
         self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device)
         self.scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None

@@ -246,8 +246,15 @@ def test_error_output_exists_unless_overwrite(shakespeare_char, shakespeare, tmp
     (out / "keep.txt").write_text("precious")
     assert_one_line_error(run_cli(["prepare", str(shakespeare), "--out", str(out)], capsys), "exists; pass --overwrite")
     assert (out / "keep.txt").read_text() == "precious"
+    # --overwrite replaces a dataset (or an empty directory), never a directory of other files
+    assert_one_line_error(run_cli(["prepare", str(shakespeare), "--out", str(out), "--overwrite"], capsys),
+                          "is not a prepared dataset")  # fmt: skip
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
     prepare(str(shakespeare), out=str(out), overwrite=True, quiet=True)
-    assert not (out / "keep.txt").exists() and (out / "meta.json").is_file()
+    first = (out / "meta.json").read_bytes()
+    prepare(str(shakespeare), out=str(out), overwrite=True, quiet=True, seed=1)
+    assert (out / "meta.json").is_file() and (out / "meta.json").read_bytes() != first
     assert_nothing_left(tmp_path)
 
 

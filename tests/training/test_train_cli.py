@@ -114,7 +114,10 @@ def test_recurrent_presets_train_with_the_same_command(data, tmp_path, preset, c
 
 def test_error_missing_dataset(tmp_path, capsys):
     code, _, err = run_cli(["train", str(tmp_path / "nope"), "tiny"], capsys)
-    assert_one_line_error(code, err, "unexpected argument")
+    assert_one_line_error(code, err, "dataset directory", "nope not found; make one with lmlab prepare")
+    (tmp_path / "a.txt").write_text("text")
+    code, _, err = run_cli(["train", str(tmp_path / "a.txt"), "tiny"], capsys)
+    assert_one_line_error(code, err, "a.txt is a file, not a dataset directory; prepare it first")
     code, _, err = run_cli(["train", "tiny"], capsys)
     assert_one_line_error(code, err, "give the dataset directory to train on")
 
@@ -254,7 +257,7 @@ def test_error_cuda_asked_for_on_a_cpu_machine(data, tmp_path, capsys):
     code, _, err = run_cli(
         ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.device", "cuda", *FAST], capsys
     )
-    assert_one_line_error(code, err, "CUDA is not available here; use --train.device cpu")
+    assert_one_line_error(code, err, "--train.device cuda: CUDA is not available on this machine; use --train.device cpu")
     code, _, err = run_cli(
         ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.device", "gpu0", *FAST], capsys
     )
