@@ -257,7 +257,9 @@ def test_error_cuda_asked_for_on_a_cpu_machine(data, tmp_path, capsys):
     code, _, err = run_cli(
         ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.device", "cuda", *FAST], capsys
     )
-    assert_one_line_error(code, err, "--train.device cuda: CUDA is not available on this machine; use --train.device cpu")
+    assert_one_line_error(
+        code, err, "--train.device cuda: CUDA is not available on this machine; use --train.device cpu"
+    )
     code, _, err = run_cli(
         ["train", str(data), "tiny", "--out", str(tmp_path / "r"), "--train.device", "gpu0", *FAST], capsys
     )
