@@ -19,13 +19,16 @@ from lmlab.errors import LmlabError, did_you_mean
 
 def check_types(obj: Any, prefix: str = "--") -> None:
     """Refuse a config field whose value is not of its declared type (``vocab_size="big"``, a NaN learning rate),
-    naming the field as the command line spells it. The command line parses types already; this guards the
-    Python API, where any value can be passed."""
+    naming the field as the Python API and the command line spell it. The command line parses types already; this
+    guards the Python API, where any value can be passed."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value, hint = getattr(obj, f.name), hints.get(f.name)
         if hint is not None and not _fits(value, hint):
-            raise LmlabError(f"{prefix}{f.name.replace('_', '-')} must be {_describe(hint)}, got {value!r}")
+            raise LmlabError(
+                f"{f.name} must be {_describe(hint)}, got {value!r} ({prefix}{f.name.replace('_', '-')} on the "
+                "command line)"
+            )
 
 
 def _fits(value: Any, hint: Any) -> bool:

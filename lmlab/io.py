@@ -235,6 +235,11 @@ def atomic_dir(path: str | os.PathLike, *, on_swap: Callable[[Path], None] | Non
     except BaseException as e:
         if is_write_failure(e):
             raise write_error(path, e) from None
+        if isinstance(e, LmlabError) and hasattr(e, "reason") and str(tmp) in str(e):
+            # a write inside the temporary failed: name the file as the user will know it, not its temporary
+            err = LmlabError(str(e).replace(str(tmp), str(path)))
+            err.reason = e.reason  # type: ignore[attr-defined]
+            raise err from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -90,7 +90,7 @@ def _one_line(box: str, prog: str) -> str:
     if not body:
         return f"bad arguments; see {prog} --help"
     message = " ".join(body[0]).rstrip(".")
-    message = message[0].lower() + message[1:]
+    message = _plain(message[0].lower() + message[1:])
     suggestion = ""
     for sec in body[1:]:
         if sec[0].lower().startswith(("perhaps you meant", "similar arguments")):
@@ -98,6 +98,32 @@ def _one_line(box: str, prog: str) -> str:
             if opts:
                 suggestion = f" (did you mean {' or '.join(dict.fromkeys(opts[:2]))}?)"
     return f"{message}{suggestion}; see {prog} --help"
+
+
+# tyro (argparse underneath) words some errors in Python's terms; say them in the user's
+_PLAIN = [
+    (
+        re.compile(r"error parsing (\S+): invalid literal for int\(\) with base 10: (.*)"),
+        r"\1: \2 is not a whole number",
+    ),
+    (re.compile(r"error parsing (\S+): could not convert string to float: (.*)"), r"\1: \2 is not a number"),
+    (
+        re.compile(r"error parsing (\S+): could not find valid parse for arguments: \[(.*)\]", re.I),
+        r"\1: cannot read \2",
+    ),
+    (re.compile(r"unrecognized options?: (.*)"), r"unexpected argument \1"),
+    (re.compile(r"missing value for argument '(\S+)'.*"), r"\1 needs a value"),
+    (
+        re.compile(r"invalid choice (.*) for argument '(\S+)'. expected one of \((.*)\)", re.I),
+        r"\2: \1 is not one of \3",
+    ),
+]
+
+
+def _plain(message: str) -> str:
+    for pattern, replacement in _PLAIN:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

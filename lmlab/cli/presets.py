@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from lmlab.config import list_presets
+from lmlab.errors import LmlabError
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: lmlab presets\n\nList the named presets (model shape and training defaults).")
         return
+    if argv:
+        raise LmlabError(f"unexpected argument {argv[0]!r}: lmlab presets takes no arguments")
     for p in list_presets():
         m = p.model
         shape = f"{m.arch} L{m.n_layer}"

@@ -14,9 +14,11 @@ into place at the end, so a failure or Ctrl-C never leaves a partial dataset beh
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -120,14 +122,22 @@ def run(cfg: PrepareConfig) -> PreparedDataset:
     out = _output_dir(cfg, name, kind, existing, files)
     for path in files:
         _check_text_file(path, cfg.encoding)
-    segments, unit = plan_split(files, cfg.val_fraction, cfg.seed)
     with DirLock(out, "dataset", beside=True), atomic_dir(out) as tmp:
+        read_cfg, work, original, source_sha = cfg, files, {}, {}
+        if not _ascii_compatible(cfg.encoding):
+            work, original, source_sha = _to_utf8(files, cfg, tmp / ".utf8")
+            read_cfg = dataclasses.replace(cfg, encoding="utf-8", errors="strict")
+        segments, unit = plan_split(work, cfg.val_fraction, cfg.seed)
         if existing is not None:
             tok = existing
         else:
-            tok = _train_tokenizer(kind, segments, cfg)
+            tok = _train_tokenizer(kind, segments, read_cfg)
         dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-        counts, hashes = _encode_all(tok, segments, tmp, dtype, cfg)
+        counts, hashes = _encode_all(tok, segments, tmp, dtype, read_cfg)
+        if original:  # the sources as they are on disk, not their UTF-8 copies
+            shutil.rmtree(tmp / ".utf8")
+            segments = [dataclasses.replace(s, path=original[s.path]) for s in segments]
+            hashes = {original[p]: source_sha[original[p]] for p in hashes}
         if not counts.pop("nonblank"):
             raise LmlabError(f"the corpus ({cfg.source}) is empty: no non-whitespace text in {len(files)} file(s)")
         for split in ("val", "train"):
@@ -194,6 +204,12 @@ def _check_text_file(path: Path, encoding: str = "utf-8") -> None:
     except OSError as e:
         raise LmlabError(f"cannot read {path}: {e.strerror}") from None
     if "\x00" in head.decode(encoding, errors="ignore"):
+        # UTF-16: a byte-order mark, or (mostly Latin text) NUL bytes in every other position and not between
+        odd, even = head[1::2], head[0::2]
+        half = max(1, len(head) // 2)
+        alternating = max(odd.count(0), even.count(0)) > half / 2 and min(odd.count(0), even.count(0)) < half / 20
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff") or alternating:
+            raise LmlabError(f"{path} looks like UTF-16 text, not {encoding}: pass --encoding utf-16")
         raise LmlabError(
             f"{path} is not a text file (it contains NUL bytes); give text files only, e.g. a glob like 'dir/*.txt'"
         )
@@ -243,6 +259,31 @@ def _line_cut(path: Path, size: int, target: int) -> int:
         while ahead and (ahead[0] & 0xC0) == 0x80 and target < size:
             ahead, target = ahead[1:], target + 1
         return target
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether a newline is the one byte 0x0A in ``encoding`` (as in UTF-8 and latin-1, not UTF-16 or UTF-32): the
+    byte-level splitting and blocking here need that."""
+    return "\n".encode(encoding) == b"\n"
+
+
+def _to_utf8(files: list[Path], cfg: PrepareConfig, workdir: Path) -> tuple[list[Path], dict, dict]:
+    """UTF-8 copies of sources in an encoding that is not ASCII-compatible (UTF-16, UTF-32), so that they can be cut
+    into train/val on line boundaries like any other; with the original of each copy and the originals' sha256.
+    Copying is simpler than teaching every byte offset here about 2- and 4-byte code units, and such corpora are
+    rare enough that the extra pass does not matter."""
+    workdir.mkdir()
+    copies, original, sha = [], {}, {}
+    for i, path in enumerate(files):
+        h = hashlib.sha256()
+        copy = workdir / f"{i:06d}.txt"
+        with open(copy, "w", encoding="utf-8", newline="") as f:
+            for text in iter_text(Segment(path, 0, path.stat().st_size, "train"), cfg.encoding, cfg.errors, h):
+                f.write(text)
+        copies.append(copy)
+        original[copy] = path
+        sha[path] = h.hexdigest()
+    return copies, original, sha
 
 
 def iter_text(seg: Segment, encoding: str, errors: str, hasher: Any = None) -> Iterator[str]:

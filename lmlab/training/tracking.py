@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
-from lmlab.io import write_text
+from lmlab.io import write_error, write_text
 
 
 class JsonlSink:
@@ -23,16 +24,24 @@ class JsonlSink:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
+        except OSError as e:  # a full disk: the rows written so far are whole (a torn last line is skipped on read)
+            raise write_error(self.path, e) from None
 
     def text(self, step: int, tag: str, text: str) -> None:
         self.log(step, {tag: text})
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        finally:
+            with contextlib.suppress(OSError):
+                self.f.close()
 
 
 def truncate_metrics(path: Path, keep_until_step: int) -> None:
