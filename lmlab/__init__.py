@@ -32,6 +32,7 @@ _EXPORTS = {
     "chat": "lmlab.api",
     "merge": "lmlab.api",
     "score": "lmlab.api",
+    "serve": "lmlab.api",
     # the types they take and return
     "LmlabError": "lmlab.errors",
     "ModelConfig": "lmlab.config",

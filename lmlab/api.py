@@ -535,3 +535,39 @@ def experiment(name: str, **options: Any) -> dict[str, Any]:
         if key not in known:
             raise LmlabError(f"{key!r} is not an option of experiment {name}{did_you_mean(key, known)}")
     return run(**options)
+
+
+def serve(
+    runs: str | Path | Sequence[str | Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    names: Sequence[str] = (),
+    max_batch: int = 16,
+    max_queue: int = 64,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    log_level: str = "warning",
+    background: bool = False,
+):
+    """Serve runs over an OpenAI-compatible HTTP API with a chat page at ``/`` (see ``lmlab.serving``).
+
+    Blocks until Ctrl-C, or with ``background=True`` returns a started ``lmlab.serving.server.Server`` (``.url``,
+    ``.close()``; a context manager) on a background thread."""
+    from lmlab.serving.server import Server, load_served, serve_forever
+
+    run_list = [runs] if isinstance(runs, str | os.PathLike) else list(runs)
+    if not background:
+        return serve_forever(
+            run_list, host=host, port=port, api_key=api_key, names=names, max_batch=max_batch,
+            max_queue=max_queue, device=device, checkpoint=checkpoint, log_level=log_level,
+        )  # fmt: skip
+    served = load_served(run_list, names=names, max_batch=max_batch, max_queue=max_queue, device=device,
+                         checkpoint=checkpoint)  # fmt: skip
+    try:
+        return Server(served, host=host, port=port, api_key=api_key, log_level=log_level).start()
+    except BaseException:
+        for s in served:
+            s.scheduler.close()
+        raise

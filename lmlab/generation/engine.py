@@ -338,6 +338,27 @@ def _check_ids(name: str, ids: Sequence[int], vocab_size: int) -> list[int]:
     return out
 
 
+def take_token(ev: TokenEvent, stop_ids, ids: list[int], detok: RowText | None, n_new: int, max_new: int) -> None:
+    """What a row's new token ``ev.token`` means (for ``stream_ids`` and the scheduler alike): a stop token ends
+    it (its text is not released), else the token joins ``ids`` and the detokenizer releases its text, which may
+    complete a stop string; ``max_new`` tokens end it with "length". Sets ``ev.text`` and ``ev.finish_reason``."""
+    t = ev.token
+    if t in stop_ids:
+        ev.finish_reason, ev.stop = "stop", t
+        if detok is not None:
+            ev.text = detok.finish()
+        return
+    ids.append(t)
+    if detok is not None:
+        ev.text = detok.push(t)
+        if detok.stop is not None:
+            ev.finish_reason, ev.stop = "stop", detok.stop
+    if ev.finish_reason is None and n_new >= max_new:
+        ev.finish_reason = "length"
+        if detok is not None:
+            ev.text += detok.finish()
+
+
 @dataclass
 class _Row:
     """A request's state while it runs."""
@@ -628,20 +649,7 @@ class _Generation:
             ev = TokenEvent(
                 row.index, t, logprob=None if lp is None else lp[b], top_logprobs=None if tops is None else tops[b]
             )
-            if t in self.stop_ids:
-                ev.finish_reason, ev.stop = "stop", t
-                if row.detok is not None:
-                    ev.text = row.detok.finish()
-            else:
-                row.ids.append(t)
-                if row.detok is not None:
-                    ev.text = row.detok.push(t)
-                    if row.detok.stop is not None:
-                        ev.finish_reason, ev.stop = "stop", row.detok.stop
-                if ev.finish_reason is None and row.n_new >= self.max_new:
-                    ev.finish_reason = "length"
-                    if row.detok is not None:
-                        ev.text += row.detok.finish()
+            take_token(ev, self.stop_ids, row.ids, row.detok, row.n_new, self.max_new)
             if ev.finish_reason is not None:
                 row.done = True
                 self.n_done += 1
