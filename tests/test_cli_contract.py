@@ -31,6 +31,7 @@ CASES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "experiment": (["sentiment-rlhf"], ["--seed", "abc"], None),  # `lmlab experiment` lists the experiments
     "eval": (["runs/x"], ["--limit", "abc"], []),
     "serve": (["runs/x"], ["--port", "http"], []),
+    "rag": (["search", "idx", "query"], ["-k", "many"], ["search"]),
 }
 
 

@@ -72,6 +72,7 @@ def test_the_stop_button_ends_a_stream(browser, base, monkeypatch):
         sched = srv.served[0].scheduler
         real = sched._decode
         monkeypatch.setattr(sched, "_decode", lambda: (__import__("time").sleep(0.1), real()))
+        monkeypatch.setattr(sched, "eos_id", None)  # the reply runs to max tokens, so it is still running at Stop
         page = browser.new_page()
         page.goto(srv.url + "/")
         page.wait_for_function("document.querySelectorAll('#model option').length === 1")

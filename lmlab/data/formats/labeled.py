@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.data.formats.jsonl import jsonl_records
 from lmlab.errors import LmlabError
 
 TEXT_KEYS = ("text", "sentence")
@@ -69,15 +70,7 @@ def read_labeled(path: str | Path) -> list[Example]:
     out: list[Example] = []
     if path.suffix in (".jsonl", ".json"):
         cols = None
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmlabError(f"{path.name}:{n}: not a JSON object ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise LmlabError(f"{path.name}:{n}: not a JSON object")
+        for n, row in jsonl_records(text, path.name):
             cols = cols or _columns(set(row), f"{path.name}:{n}")
             out.append(_example(row, *cols, path.name, n))
     elif path.suffix in (".tsv", ".txt"):
