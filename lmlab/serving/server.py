@@ -41,6 +41,9 @@ def load_served(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LmlabError(f"two runs would be served as {dupes[0]!r}: give each a name with --name")
+    for option, value, low in (("--max-batch", max_batch, 1), ("--max-queue", max_queue, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise LmlabError(f"{option} must be an integer >= {low}, got {value!r}")
     dev = pick_device(device, "--device")
     served: list[Served] = []
     try:

@@ -247,6 +247,8 @@ def test_cli_errors(base, en_fr_run, tmp_path, capsys):
         port = busy.getsockname()[1]
         assert_one_line_error(run_cli(["serve", str(base), "--port", str(port)], capsys), f"127.0.0.1:{port}")
     assert_one_line_error(run_cli(["serve", str(base), str(base), "--port", "0"], capsys), "--name")
+    assert_one_line_error(run_cli(["serve", str(base), "--port", "0", "--max-batch", "0"], capsys), "--max-batch")
+    assert_one_line_error(run_cli(["serve", str(base), "--port", "0", "--device", "cuda"], capsys), "--device cuda")
 
 
 @pytest.fixture(scope="module")
