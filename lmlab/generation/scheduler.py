@@ -36,7 +36,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -86,7 +86,6 @@ class Handle:
         self.id = rid
         self.prompt = prompt
         self.submitted = time.perf_counter()
-        self.first_token_at: float | None = None
         self.cancelled = False
         self._loop = loop
         # a sink is shared by the handles of one HTTP request (its n choices): items arrive as (tag, item)
@@ -159,7 +158,7 @@ def _receive_all(batch: list) -> None:
 
 @dataclass
 class _Live:
-    """A request in the scheduler: waiting, prefilling, or running in slot ``slot``."""
+    """A request in the scheduler: waiting, joining (being prefilled), or running (``Scheduler.running[i]``)."""
 
     handle: Handle
     request: GenerationRequest
@@ -173,7 +172,6 @@ class _Live:
     prefilled: int = 0
     next_token: int = 0
     counts: Tensor | None = None  # (V,) tokens seen, when the request has a penalty
-    extra: dict = field(default_factory=dict)
 
 
 class Scheduler:
@@ -190,7 +188,6 @@ class Scheduler:
         eos_id: int | None = None,
         detokenizer: Callable | None = None,
         banned_ids: Sequence[int] = (),
-        on_step: Callable[[dict], None] | None = None,
     ) -> None:
         cfg = getattr(model, "config", None)
         if cfg is None or getattr(cfg, "arch", None) != "gpt":
@@ -209,7 +206,6 @@ class Scheduler:
         self.eos_id = eos_id
         self.detokenizer = detokenizer
         self.banned = sorted(set(_check_ids("banned_ids", banned_ids, self.vocab_size)))
-        self.on_step = on_step
         # the shared cache: block_size positions a row may span, plus room to move rows left a quarter at a time
         self.max_len = self.block_size + max(16, self.block_size // 4)
         w = model.wte.weight if hasattr(model, "wte") else next(model.parameters())
@@ -352,8 +348,6 @@ class Scheduler:
                     if self.running:
                         self._decode()
                     self._flush()
-                    if self.on_step is not None:
-                        self.on_step(self.snapshot())
         except BaseException as e:  # noqa: BLE001 - every reader must hear of it, then the thread ends
             self._flush()
             self.failure = e
@@ -363,9 +357,6 @@ class Scheduler:
         for r in [*self.running, *self.joining, *self.waiting]:
             self._finish(r, TokenEvent(r.handle.id, -1, finish_reason="cancelled"))
         self._flush()
-
-    def snapshot(self) -> dict:
-        return {"running": len(self.running), "waiting": len(self.waiting), "joining": len(self.joining)}
 
     def _finish(self, r: _Live, ev: TokenEvent) -> None:
         r.done = True
@@ -426,7 +417,6 @@ class Scheduler:
         ):
             r.counts = token_counts([r.ids], self.vocab_size, self.device)[0]
         token, ev = self._choose([r], logits)[0]
-        r.handle.first_token_at = time.perf_counter()
         if ev.finish_reason is not None:
             r.cache = None
         else:
