@@ -293,3 +293,31 @@ def test_the_cli_serves_until_a_signal(base):
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
     assert p.returncode == 143 and err.strip().endswith("lmlab serve: terminated") and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """A tiny byte-level BPE run on text full of multi-byte characters (its random-ish output splits them across
+    tokens)."""
+    d = tmp_path_factory.mktemp("bpe")
+    text = "".join(f"Café crème brûlée ☃ naïve façade 東京 {i} — señor über.\n" for i in range(400))
+    (d / "text.txt").write_text(text, encoding="utf-8")
+    lmlab.prepare(str(d / "text.txt"), out=str(d / "data"), tokenizer="bpe", vocab_size=300, quiet=True)
+    lmlab.train(d / "data", "tiny", out=d / "run", max_steps=3, eval_every=0, progress=False, track="none",
+                sample_tokens=0)  # fmt: skip
+    return d / "run"
+
+
+def test_streamed_deltas_never_split_a_character(bpe_run):
+    multibyte = 0
+    with lmlab.serve(bpe_run, port=0, background=True) as srv:
+        for seed in range(4):
+            body = {"model": "run", "prompt": "Café ☃", "max_tokens": 20, "seed": seed, "temperature": 1.5}
+            whole = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+            events = sse(httpx.post(srv.url + "/v1/completions", json={**body, "stream": True}, timeout=60))
+            deltas = [c["choices"][0]["text"] for c in events[:-1] if c["choices"]]
+            # a character cut between two pieces would come out as two replacement characters, and the pieces
+            # would no longer add up to the text decoded in one go
+            assert "".join(deltas) == whole and len(deltas) > 1
+            multibyte += sum(any(ord(ch) > 127 and ch != "\ufffd" for ch in d) for d in deltas)
+        assert multibyte > 0, "no piece held a multi-byte character: the test proves nothing"
