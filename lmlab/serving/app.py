@@ -241,10 +241,10 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
             )  # fmt: skip
         watcher = asyncio.create_task(_watch_disconnect(request, handles))
         try:
-            choices = [_Choice() for _ in handles]
+            choices = [_Choice(s.tokenizer, opts.logprobs) for _ in handles]
             async for batch in events:
                 for i, ev in batch:
-                    choices[i].add(ev, s)
+                    choices[i].add(ev)
         finally:
             watcher.cancel()
             for h in handles:
@@ -315,9 +315,9 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                     by_choice.setdefault(i, []).append(ev)
                 for i, evs in by_choice.items():
                     counts[i] += len(evs)
-                    c = _Choice()
+                    c = _Choice(s.tokenizer, opts.logprobs)
                     for ev in evs:
-                        c.add(ev, s)
+                        c.add(ev)
                     lp = None
                     if opts.logprobs and c.pieces:  # not for a stop token: it is not part of the text
                         lp = c.chat_logprobs() if chat else c.completion_logprobs()
@@ -474,26 +474,26 @@ def _check_fits(s: Served, ids: list[int], max_new: int | None) -> None:
 class _Choice:
     """One choice's tokens, text and log-probabilities, as its events come."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer, logprobs: bool) -> None:
+        self._tok = tokenizer
+        self._want_logprobs = logprobs  # each token's own text is decoded only when log-probabilities are asked
         self.tokens: list[int] = []
         self.text = ""
         self.logprobs: list[float | None] = []
         self.tops: list[list[tuple[int, float]] | None] = []
         self.pieces: list[str] = []
         self.finish_reason: str | None = None
-        self._tok = None
 
-    def add(self, ev, s: Served) -> None:
-        self._tok = s.tokenizer
+    def add(self, ev) -> None:
         self.tokens.append(ev.token)
         self.text += ev.text
         if ev.finish_reason is not None:
             self.finish_reason = ev.finish_reason
-        if ev.stop is not None and isinstance(ev.stop, int):
-            return  # the stop token is not part of the text, nor of its log-probabilities
+        if not self._want_logprobs or isinstance(ev.stop, int):
+            return  # a stop token is not part of the text, nor of its log-probabilities
         self.logprobs.append(ev.logprob)
         self.tops.append(ev.top_logprobs)
-        self.pieces.append(s.tokenizer.decode([ev.token], skip_special_tokens=False))
+        self.pieces.append(self._piece(ev.token))
 
     def _piece(self, tid: int) -> str:
         return self._tok.decode([tid], skip_special_tokens=False)
