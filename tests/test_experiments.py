@@ -203,3 +203,50 @@ def test_sentiment_rlhf_runs_every_method_and_reuses_its_runs(corpus, tmp_path, 
     again = lmlab.experiment("sentiment-rlhf", **opts)
     assert (ws / "commands.txt").read_text().splitlines() == commands  # nothing retrained or re-scored
     assert [r["reward"] for r in again["rows"]] == [r["reward"] for r in res["rows"]]
+
+
+def test_rag_facts_runs_end_to_end_and_reuses_its_steps(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    res = lmlab.experiment("rag-facts", out=ws, size="test", quiet=True)
+    assert set(res["answers"]) == {"closed-book", "retrieval", "oracle"}
+    assert res["held_out_questions"] == 8 * 5 and res["retrieval"]["questions"] == 40
+    assert res["retrieval"]["recall@5"] >= 0.9  # every name is unique: BM25 finds the person
+    for cond in res["answers"].values():
+        assert cond["questions"] == 40 and 0 <= cond["exact_match"] <= 100
+    assert 0 < res["chance_exact_match"] < 5 and isinstance(res["goal_met"], bool)
+    md = (ws / "rag-facts.md").read_text()
+    assert "| with retrieval (BM25, top 3) |" in md and "| chance" in md
+    assert (ws / "rag-facts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    commands = (ws / "commands.txt").read_text().splitlines()
+    assert [c.split()[1] for c in commands] == ["rag", "prepare", "train", "finetune", "rag", "rag"]
+    held_out = [json.loads(x) for x in next((ws / "data").glob("rag-facts-*/questions-held-out.jsonl")).open()]
+    trained = "".join(p.read_text() for p in (ws / "data").glob("rag-facts-*/*.*") if "held-out" not in p.name
+                      and p.name not in ("kb.jsonl",) and p.is_file())  # fmt: skip
+    names = {q["question"].split(" was ")[-1].removesuffix(" born?") for q in held_out if "year" in q["question"]}
+    assert len(names) == 8 and not [n for n in names if n in trained]  # no held-out person is trained on
+    capsys.readouterr()
+    again = lmlab.experiment("rag-facts", out=ws, size="test", quiet=True)
+    assert (ws / "commands.txt").read_text().splitlines() == commands and again["answers"] == res["answers"]
+
+
+def test_the_experiment_cli_shows_its_progress_and_table(monkeypatch, capsys):
+    import sys
+
+    from lmlab.experiments import rag_facts
+
+    def fake(out: str = "runs/experiments", *, quick: bool = False, seed: int = 0) -> dict:
+        """A stand-in experiment.
+
+        Args:
+            out: the workspace.
+            quick: the small size.
+            seed: the seed.
+        """
+        print(f"[experiment] step 1 of {out}", file=sys.stderr)
+        print(f"| table | {seed} |")
+        return {}
+
+    monkeypatch.setattr(rag_facts, "run", fake)
+    res = run_cli(["experiment", "rag-facts", "--out", "ws", "--seed", "3"], capsys)
+    assert res.code == 0 and "| table | 3 |" in res.out and "step 1 of ws" in res.err
+    assert_one_line_error(run_cli(["experiment", "rag-facts", "--sed", "3"], capsys), "--seed")

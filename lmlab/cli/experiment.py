@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from lmlab.cli import parse
@@ -28,4 +29,11 @@ def main(argv: list[str]) -> None:
         raise LmlabError(f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}; experiments are "
                          f"{', '.join(EXPERIMENTS)}")  # fmt: skip
     run = importlib.import_module(EXPERIMENTS[name].module).run
-    parse(run, args=argv[1:], prog=f"lmlab experiment {name}", description=EXPERIMENTS[name].summary)
+
+    # parse() reads the options with the output held back (so that a bad option is one line): it must return the
+    # call, not make it, or the experiment's progress and table would be held back too
+    @functools.wraps(run)
+    def later(*args, **kwargs):
+        return functools.partial(run, *args, **kwargs)
+
+    parse(later, args=argv[1:], prog=f"lmlab experiment {name}", description=EXPERIMENTS[name].summary)()

@@ -30,6 +30,7 @@ DATA_HELP = {
     "sft": "conversations (.jsonl or a .json array)",
     "reward": "preference pairs or rankings (.jsonl)",
     "dpo": "preference pairs or rankings (.jsonl)",
+    "encoder": "question-passage pairs (.jsonl) or SQuAD .json",
 }
 
 

@@ -1,4 +1,4 @@
-"""`lmlab rag index | add | search | eval`: retrieval over your own documents (``lmlab.rag``)."""
+"""`lmlab rag index | add | search | ask | eval | train-encoder`: retrieval over your own documents (``lmlab.rag``)."""
 
 from __future__ import annotations
 
@@ -65,28 +65,69 @@ class AskArgs:
 
 @dataclass
 class EvalArgs:
-    """recall@1/5/20 and MRR of retrieval on questions (SQuAD JSON, or JSONL {"question", "answers", "doc_id"?})."""
+    """recall@1/5/20 and MRR of retrieval on questions (SQuAD JSON, or JSONL {"question", "answers", "doc_id"?,
+    "context"?}); with --reader, exact match and F1 of its answers closed-book, with retrieval and with the gold
+    passage."""
 
     index: tyro.conf.Positional[str]  # the index directory
     questions: str  # the question file
     mode: Literal["bm25", "dense", "hybrid"] = "bm25"  # ranking
+    reader: str | None = None  # also answer every question with this run and score the answers
+    k: Annotated[int, tyro.conf.arg(aliases=("-k",))] = 3  # passages the reader gets
+    max_new_tokens: int = 32  # longest answer
+    limit: int | None = None  # only the first N questions
+    device: str = "auto"  # the reader's device: auto | cpu | cuda | cuda:N | mps
     out: str | None = None  # also write the scores to this JSON file
 
 
-COMMANDS = {"index": IndexArgs, "add": AddArgs, "search": SearchArgs, "ask": AskArgs, "eval": EvalArgs}
-USAGE = "usage: lmlab rag index|add|search|ask|eval ...   (lmlab rag COMMAND --help for its options)"
+@dataclass
+class PairsArgs:
+    """Make (question, passage) training pairs for an encoder from unlabeled text by the inverse cloze task: a
+    sentence of each chunk is the question, the rest of the chunk its passage."""
+
+    sources: tyro.conf.Positional[tuple[str, ...]]  # files, directories or globs (as for rag index)
+    out: str  # the JSONL file of pairs
+    chunk_tokens: int = 200  # most words per passage
+    limit: int | None = None  # at most this many pairs (a seeded sample)
+    seed: int = 0  # chooses the query sentences and the sample
+
+
+@dataclass
+class TrainEncoderArgs:
+    """Train a dense retrieval encoder from a GPT run on (question, passage) pairs: lmlab finetune RUN encoder
+    PAIRS, whose options (--temperature, --epochs, --val, --train.*) it takes; then index with --dense OUT."""
+
+
+COMMANDS = {"index": IndexArgs, "add": AddArgs, "search": SearchArgs, "ask": AskArgs, "eval": EvalArgs,
+            "pairs": PairsArgs, "train-encoder": TrainEncoderArgs}  # fmt: skip
+USAGE = (
+    "usage: lmlab rag index|add|search|ask|eval|pairs|train-encoder ...   (lmlab rag COMMAND --help for its options)"
+)
 
 
 def main(argv: list[str]) -> None:
     from lmlab import io
-    from lmlab.rag import Index, ask, read_questions, retrieval_scores
+    from lmlab.rag import Index, ask, read_questions, reader_scores, retrieval_scores
 
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + "\n\n" + "\n".join(f"  {n:<7} {(c.__doc__ or '').split('.')[0]}" for n, c in COMMANDS.items()))
+        print(USAGE + "\n\n" + "\n".join(f"  {n:<13} {(c.__doc__ or '').split('.')[0].split(':')[0]}"
+                                            for n, c in COMMANDS.items()))  # fmt: skip
         return
     cmd = argv[0]
     if cmd not in COMMANDS:
         raise LmlabError(f"unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; {USAGE.removeprefix('usage: ')}")
+    if cmd == "train-encoder":  # the encoder objective of the one trainer: its arguments are finetune's
+        from lmlab.cli import finetune
+
+        rest = argv[1:]
+        if rest and rest[0] in ("-h", "--help"):
+            rest = ["RUN", "encoder", "PAIRS", "--help"]
+        elif len(rest) < 2 or any(a.startswith("-") for a in rest[:2]):
+            raise LmlabError("give the base run and the pairs: lmlab rag train-encoder RUN PAIRS [--out DIR] [options]")
+        else:
+            rest = [rest[0], "encoder", *rest[1:]]
+        finetune.main(rest)
+        return
     cls = COMMANDS[cmd]
     args = parse(cls, args=argv[1:], prog=f"lmlab rag {cmd}", description=cls.__doc__)
     if cmd == "index":
@@ -118,6 +159,16 @@ def main(argv: list[str]) -> None:
             c = h.chunk
             print(f"{h.rank}. {h.score:.3f}  {c.source} [{c.start}:{c.end}]" + (f"  {c.title}" if c.title else ""))
             print("   " + " ".join(c.text.split())[:300])
+    elif cmd == "pairs":
+        from lmlab.rag.pairs import ict_pairs, write_pairs
+
+        if not args.sources:
+            raise LmlabError("give the sources: lmlab rag pairs SOURCES --out PAIRS.jsonl")
+        if args.limit is not None and args.limit < 1:
+            raise LmlabError(f"--limit {args.limit}: give at least one pair")
+        pairs = ict_pairs(list(args.sources), chunk_tokens=args.chunk_tokens, seed=args.seed, limit=args.limit)
+        write_pairs(args.out, pairs, inputs=args.sources)
+        print(f"wrote {len(pairs):,} inverse-cloze pairs to {args.out}", file=sys.stderr)
     elif cmd == "ask":
         answer = ask(
             None if args.no_retrieval else args.index, args.run, args.question, k=args.k, mode=args.mode,
@@ -132,7 +183,24 @@ def main(argv: list[str]) -> None:
             c = h.chunk
             print(f"[{i}] {c.source} [{c.start}:{c.end}]" + (f" {c.title}" if c.title else ""), file=sys.stderr)
     else:
-        scores = retrieval_scores(Index.load(args.index), read_questions(args.questions), mode=args.mode)
-        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
+        if args.k < 1:
+            raise LmlabError(f"-k {args.k}: give at least one passage to retrieve")
+        if args.limit is not None and args.limit < 1:
+            raise LmlabError(f"--limit {args.limit}: give at least one question")
+        if args.reader is not None:
+            from lmlab.runs import read_config
+
+            read_config(args.reader)  # a wrong reader fails before the retrieval runs
+        index, questions = Index.load(args.index), read_questions(args.questions)[: args.limit]
+        scores = retrieval_scores(index, questions, mode=args.mode)
+        print("retrieval  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in scores.items()))  # fmt: skip
+        if args.reader is not None:
+            answers = reader_scores(index, questions, args.reader, k=args.k, mode=args.mode,
+                                    max_new_tokens=args.max_new_tokens, device=args.device)  # fmt: skip
+            for cond, r in answers.items():
+                print(f"{cond:<11}  " + (f"exact_match {r['exact_match']:.1f}  f1 {r['f1']:.1f}  questions "
+                                        f"{r['questions']}" if r else "no question has a gold passage"))  # fmt: skip
+            scores = {"retrieval": scores, "reader": str(args.reader), "k": args.k, "answers": answers}
         if args.out:
             io.write_json(args.out, scores)

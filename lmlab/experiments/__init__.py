@@ -25,6 +25,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "lmlab.experiments.sentiment_rlhf",
         "the DPO paper's controlled sentiment: PPO, GRPO and DPO toward a sentiment classifier's reward",
     ),
+    "rag-facts": Experiment(
+        "lmlab.experiments.rag_facts",
+        "retrieval vs made-up answers: a reader on fictional people it never saw, closed-book, with BM25, oracle",
+    ),
     "sft-skills": Experiment(
         "lmlab.experiments.sft_skills",
         "SFT a books-pretrained base on 5 generated skills: exact match of base, full SFT and LoRA",

@@ -151,9 +151,10 @@ _BUILTIN = {
     "sft": "lmlab.objectives.sft",
     "reward": "lmlab.objectives.reward",
     "dpo": "lmlab.objectives.dpo",
+    "encoder": "lmlab.objectives.encoder",
 }
 # the objectives `lmlab finetune RUN METHOD DATA` trains (each has Options, RECIPE and from_files)
-FINETUNE_METHODS = ("classify", "sft", "reward", "dpo")
+FINETUNE_METHODS = ("classify", "sft", "reward", "dpo", "encoder")
 
 
 def finetune_method(method: str) -> type[Objective]:

@@ -72,6 +72,33 @@ class _Reader:
                              f"--max-new-tokens {max_new_tokens}")  # fmt: skip
         return _known(tok, prompt), kept
 
+    def answer_many(self, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+        """Greedy answers to many prompts (from ``fit``), batched through the engine. A chat reader's reply ends at
+        <|end|>, a base reader's at the end of its line."""
+        from lmlab.data.tokenizer import END
+        from lmlab.generation.chat import chat_prompt, text_prompt
+        from lmlab.generation.engine import generate_ids
+        from lmlab.generation.request import GenerationRequest
+        from lmlab.generation.text import detokenizer_for
+
+        tok, model = self.run.tokenizer, self.run.model
+        budget = model.config.block_size - max_new_tokens
+        if self.template:
+            ids = [chat_prompt(tok, [{"role": "user", "content": p}], budget)[0] for p in prompts]
+            request = GenerationRequest(temperature=0.0, max_new_tokens=max_new_tokens,
+                                        stop_token_ids=(tok.token_to_id(END),))  # fmt: skip
+        else:
+            ids = [text_prompt(tok, [{"role": "user", "content": p}], budget) for p in prompts]
+            request = GenerationRequest(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n",))
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
+        out = [""] * len(ids)
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            done = generate_ids(model, [ids[i] for i in rows], request, detokenizer=detokenizer_for(tok))
+            for i, c in zip(rows, done):
+                out[i] = c.text.strip()
+        return out
+
     def stream(self, prompt: str, request) -> Iterator[str]:
         from lmlab.generation.chat import stream_reply
 

@@ -126,7 +126,7 @@ def _squad(path: Path, text: str) -> Iterator[Document]:
 
 
 # -- cutting -----------------------------------------------------------------------------------------------------
-def _sentences(text: str) -> list[tuple[int, int]]:
+def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence, paragraphs kept apart, whitespace between them left out."""
     spans = []
     pos = 0
@@ -150,7 +150,7 @@ def chunk_document(doc: Document, chunk_tokens: int = 200, overlap: int = 40) ->
     """The document's chunks (see the module docstring)."""
     # units: whole sentences, or word runs of a sentence too long for one chunk
     units: list[tuple[int, int, int]] = []  # (start, end, words)
-    for a, b in _sentences(doc.text):
+    for a, b in sentence_spans(doc.text):
         words = _words(doc.text, a, b)
         if len(words) <= chunk_tokens:
             units.append((a, b, len(words)))

@@ -1,4 +1,6 @@
 """Dense retrieval: each chunk as the mean of an lmlab run's final hidden states over its tokens, L2-normalized.
+The run is any GPT run, or one trained for it with ``lmlab rag train-encoder`` (``lmlab finetune RUN encoder``:
+contrastive, on question-passage pairs).
 
 Stored as a float16 matrix (``dense.npy``, chunks × width) beside the BM25 index; a query is embedded the same way
 and scored against every chunk by one matrix product (torch, no FAISS: at 100k chunks × 768 the product takes
@@ -20,6 +22,24 @@ import torch
 from lmlab.errors import LmlabError
 
 
+def text_ids(tokenizer, text: str, block: int | None) -> list[int]:
+    """A text's token ids for embedding, at most ``block``; characters a char vocabulary lacks are dropped, an empty
+    text is one end-of-text token."""
+    unknown = set(tokenizer.unknown_chars(text))
+    if unknown:
+        text = "".join(ch for ch in text if ch not in unknown)
+    ids = tokenizer.encode(text) if text else []
+    return ids[:block] or [tokenizer.eos_id or 0]
+
+
+def pool(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, C) unit vectors: the mean of the model's final hidden states over each row's real tokens (``mask``).
+    The one embedding of texts, used to index, to search and to train an encoder (``lmlab finetune RUN encoder``)."""
+    h = model(tokens, padding_mask=mask).hidden_states.float()  # (B, T, C)
+    m = mask[..., None].float()
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
 class Embedder:
     """Mean-pooled final hidden states of a GPT run, as unit vectors."""
 
@@ -38,13 +58,6 @@ class Embedder:
         self.block = self.model.config.block_size
         self.width = self.model.config.n_embd
 
-    def _ids(self, text: str) -> list[int]:
-        unknown = set(self.tokenizer.unknown_chars(text))  # a char vocabulary: characters it lacks are dropped
-        if unknown:
-            text = "".join(ch for ch in text if ch not in unknown)
-        ids = self.tokenizer.encode(text) if text else []
-        return ids[: self.block] or [self.tokenizer.eos_id or 0]
-
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """(len(texts), width) float32 unit vectors."""
@@ -53,14 +66,11 @@ class Embedder:
         dev = next(self.model.parameters()).device
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            seqs = [self._ids(texts[i]) for i in idx]
+            seqs = [text_ids(self.tokenizer, texts[i], self.block) for i in idx]
             T = max(map(len, seqs))
             tokens = torch.tensor([q + [0] * (T - len(q)) for q in seqs], device=dev)
             mask = torch.tensor([[1] * len(q) + [0] * (T - len(q)) for q in seqs], device=dev, dtype=torch.bool)
-            h = self.model(tokens, padding_mask=mask).hidden_states.float()  # (B, T, C)
-            m = mask[..., None].float()
-            v = (h * m).sum(1) / m.sum(1)
-            out[idx] = torch.nn.functional.normalize(v, dim=-1).cpu().numpy()
+            out[idx] = pool(self.model, tokens, mask).cpu().numpy()
         return out
 
 
@@ -78,3 +88,13 @@ def rrf(rankings: Sequence[Sequence[int]], k: int, rrf_k: int = 60) -> list[tupl
         for rank, i in enumerate(ranking, 1):
             score[i] = score.get(i, 0.0) + 1.0 / (rrf_k + rank)
     return sorted(score.items(), key=lambda x: (-x[1], x[0]))[:k]
+
+
+def train_encoder(run: str | Path, pairs: str | Path, *, out: str | Path | None = None, **options):
+    """Train a retrieval encoder from the GPT run ``run`` on the (question, passage) pairs in ``pairs`` (JSONL or
+    SQuAD JSON): ``lmlab.finetune(run, "encoder", pairs, ...)``, the contrastive objective of the one trainer;
+    ``options`` are its options (``temperature``, ``epochs``, ``val``, ``lr``, ``batch_size`` ...). Index with
+    ``Index.build(sources, dense=out)``."""
+    from lmlab.api import finetune
+
+    return finetune(run, "encoder", pairs, out=out, **options)
