@@ -203,21 +203,23 @@ def step_seconds(run: Path) -> float | None:
 
 
 def bar_chart(path: Path, labels: Sequence[str], means: Sequence[float], stds: Sequence[float], *, ylabel: str,
-              title: str, reference: Sequence[float | None] | None = None) -> Path:  # fmt: skip
-    """A bar per row (mean, with ±std error bars), a hollow marker at a published figure; written atomically."""
+              title: str, reference: Sequence[float | None] | None = None,
+              legend: tuple[str, str] = ("measured (mean ± std over seeds)", "published")) -> Path:  # fmt: skip
+    """A bar per row (mean, with ±std error bars), a hollow marker at a reference figure (published, or chance);
+    ``legend`` names the two. Written atomically."""
     from lmlab.figures import pyplot, save_png
 
     fig, ax = pyplot().subplots(figsize=(1.6 + 1.5 * len(labels), 4.2))
     xs = range(len(labels))
-    ax.bar(xs, means, yerr=stds, capsize=5, color="#4c72b0", label="measured (mean ± std over seeds)")
+    ax.bar(xs, means, yerr=stds if any(stds) else None, capsize=5, color="#4c72b0", label=legend[0])
     if reference is not None and any(r is not None for r in reference):
         pts = [(x, r) for x, r in zip(xs, reference) if r is not None]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="D", facecolors="none", edgecolors="#c44e52",
-                   s=60, zorder=3, label="published")  # fmt: skip
+                   s=60, zorder=3, label=legend[1])  # fmt: skip
     ax.set_xticks(list(xs), labels, rotation=15, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.figure.tight_layout()
     return save_png(ax.figure, path)

@@ -132,10 +132,13 @@ def run(
         n_val = max(2, len(train_q) // 50)
         # the training prompts' passages are retrieved among the training people only: a held-out person's text is
         # never trained on, not even as a distractor
-        train_kb = _write_jsonl(d / "kb-train.jsonl", _records(train_people[: sz.sft_people]))
-        train_index = Index.build([str(train_kb)])
-        sft = _write_jsonl(d / "reader-train.jsonl", _sft_rows(train_index, train_q[n_val:], sz, seed))
-        val = _write_jsonl(d / "reader-val.jsonl", _sft_rows(train_index, train_q[:n_val], sz, seed + 1))
+        sft, val = d / "reader-train.jsonl", d / "reader-val.jsonl"
+        if not (sft.is_file() and val.is_file()):  # retrieving for every training question takes minutes: once
+            train_kb = _write_jsonl(d / "kb-train.jsonl", _records(train_people[: sz.sft_people]))
+            train_index = Index.build([str(train_kb)])
+            _write_jsonl(val, _sft_rows(train_index, train_q[:n_val], sz, seed + 1))
+            io.write_text(sft, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                       for r in _sft_rows(train_index, train_q[n_val:], sz, seed)))  # fmt: skip
         reader = ws.trained("finetune/factbase-reader", [
             "finetune", base, "sft", sft.resolve(), "--val", val.resolve(), "--epochs", sz.epochs,
             "--train.batch-size", sz.sft_batch, "--train.lr", sz.lr, "--train.seed", seed,
@@ -176,7 +179,8 @@ def run(
                results["seen_closed_book"]["exact_match"]]  # fmt: skip
         png = bar_chart(ws.root / "rag-facts.png", labels, ems, [0.0] * len(ems),
                         ylabel="exact match (%)", title=f"Questions about unseen people ({name}, seed {seed})",
-                        reference=[guess, None, None, None])  # fmt: skip
+                        reference=[guess, None, None, None],
+                        legend=(f"measured (seed {seed})", "chance (a uniform guess)"))  # fmt: skip
         ws.say(f"wrote {mdp}, {js} and {png}")
         print(md)
         return results
