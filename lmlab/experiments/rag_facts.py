@@ -137,8 +137,7 @@ def run(
             train_kb = _write_jsonl(d / "kb-train.jsonl", _records(train_people[: sz.sft_people]))
             train_index = Index.build([str(train_kb)])
             _write_jsonl(val, _sft_rows(train_index, train_q[:n_val], sz, seed + 1))
-            io.write_text(sft, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                       for r in _sft_rows(train_index, train_q[n_val:], sz, seed)))  # fmt: skip
+            _write_jsonl(sft, _sft_rows(train_index, train_q[n_val:], sz, seed))
         reader = ws.trained("finetune/factbase-reader", [
             "finetune", base, "sft", sft.resolve(), "--val", val.resolve(), "--epochs", sz.epochs,
             "--train.batch-size", sz.sft_batch, "--train.lr", sz.lr, "--train.seed", seed,

@@ -15,7 +15,6 @@ question → passage direction, over every validation batch.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,17 +65,13 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"pair file {path} not found")
-    text = path.read_text(encoding="utf-8")
     pairs: list[tuple[str, str]] = []
-    if path.suffix.lower() == ".json":
-        try:
-            for article in json.loads(text)["data"]:
-                for para in article["paragraphs"]:
-                    pairs += [(qa["question"], para["context"]) for qa in para["qas"] if not qa.get("is_impossible")]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LmlabError(f"{path} is not a SQuAD-format JSON file ({type(e).__name__}: {e})") from None
+    if path.suffix.lower() == ".json":  # SQuAD: each answerable question with its paragraph
+        from lmlab.rag.evaluate import read_questions
+
+        pairs = [(q.question, q.context) for q in read_questions(path) if q.context]
     else:
-        for n, rec in jsonl_records(text, str(path)):
+        for n, rec in jsonl_records(path.read_text(encoding="utf-8"), str(path)):
             q = next((rec[k] for k in _Q_KEYS if k in rec), None)
             p = next((rec[k] for k in _P_KEYS if k in rec), None)
             if not (isinstance(q, str) and q.strip() and isinstance(p, str) and p.strip()):
@@ -149,14 +144,9 @@ class Encoder(Objective):
         self.n_train = len(train.questions)
 
     @classmethod
-    def fit_model_config(cls, ds: Any, model_cfg: Any) -> Any:
+    def fit_options(cls, opts: Any, model_cfg: Any) -> Any:
         if model_cfg.arch != "gpt":
             raise LmlabError(f"the encoder is a GPT run's mean-pooled hidden states; this run is {model_cfg.arch!r}")
-        return model_cfg
-
-    @classmethod
-    def fit_options(cls, opts: Any, model_cfg: Any) -> Any:
-        cls.fit_model_config(None, model_cfg)
         return opts
 
     @classmethod

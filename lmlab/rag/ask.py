@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.rag.dense import known_text
 from lmlab.rag.index import Hit, Index
 
 
@@ -54,7 +55,7 @@ class _Reader:
         kept = list(hits)
         while True:
             prompt = reader_prompt(question, [h.chunk.text for h in kept], [h.chunk.title for h in kept])
-            n = len(tok.encode(_known(tok, prompt)))
+            n = len(tok.encode(known_text(tok, prompt)))
             if n <= budget or not kept:
                 break
             if len(kept) > 1:
@@ -70,7 +71,7 @@ class _Reader:
         if n > budget:
             raise LmlabError(f"the question alone ({n} tokens) does not fit the reader's context with "
                              f"--max-new-tokens {max_new_tokens}")  # fmt: skip
-        return _known(tok, prompt), kept
+        return known_text(tok, prompt), kept
 
     def answer_many(self, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
         """Greedy answers to many prompts (from ``fit``), batched through the engine. A chat reader's reply ends at
@@ -104,12 +105,6 @@ class _Reader:
 
         return stream_reply(self.run.model, self.run.tokenizer, [{"role": "user", "content": prompt}], request,
                             template=self.template)  # fmt: skip
-
-
-def _known(tok, text: str) -> str:
-    """A char vocabulary cannot write every character: leave out those it lacks."""
-    unknown = set(tok.unknown_chars(text))
-    return "".join(ch for ch in text if ch not in unknown) if unknown else text
 
 
 def ask(index: str | Path | Index | None, run: str | Path, question: str, *, k: int = 3, mode: str = "bm25",

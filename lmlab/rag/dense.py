@@ -22,12 +22,15 @@ import torch
 from lmlab.errors import LmlabError
 
 
-def text_ids(tokenizer, text: str, block: int | None) -> list[int]:
-    """A text's token ids for embedding, at most ``block``; characters a char vocabulary lacks are dropped, an empty
-    text is one end-of-text token."""
+def known_text(tokenizer, text: str) -> str:
+    """``text`` without the characters a char vocabulary cannot write (any other tokenizer writes them all)."""
     unknown = set(tokenizer.unknown_chars(text))
-    if unknown:
-        text = "".join(ch for ch in text if ch not in unknown)
+    return "".join(ch for ch in text if ch not in unknown) if unknown else text
+
+
+def text_ids(tokenizer, text: str, block: int | None) -> list[int]:
+    """A text's token ids for embedding, at most ``block``; an empty text is one end-of-text token."""
+    text = known_text(tokenizer, text)
     ids = tokenizer.encode(text) if text else []
     return ids[:block] or [tokenizer.eos_id or 0]
 

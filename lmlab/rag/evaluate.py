@@ -129,13 +129,12 @@ def f1_score(reply: str, answers: list[str]) -> float:
 CONDITIONS = ("closed-book", "retrieval", "oracle")
 
 
-def oracle_passage(index: Index, q: Question) -> tuple[str, str] | None:
-    """(text, title) of the gold passage of ``q``: its context, else the gold document's chunk with an answer."""
+def oracle_passage(by_doc: dict[str, list], q: Question) -> tuple[str, str] | None:
+    """(text, title) of the gold passage of ``q``: its context, else the chunk of its gold document (``by_doc``: an
+    index's chunks by document id) that holds an answer."""
     if q.context:
         return q.context, ""
-    if q.doc_id is None:
-        return None
-    chunks = [c for c in index.chunks if c.doc_id == q.doc_id]
+    chunks = by_doc.get(q.doc_id, []) if q.doc_id is not None else []
     with_answer = [c for c in chunks if any(a.lower() in c.text.lower() for a in q.answers)]
     c = (with_answer or chunks or [None])[0]
     return (c.text, c.title) if c is not None else None
@@ -150,13 +149,14 @@ def reader_scores(index: Index, questions: list[Question], run: str | Path, *, k
     from lmlab.rag.ask import _Reader
     from lmlab.rag.index import Hit
 
-    if k < 1:
-        raise LmlabError(f"-k {k}: give at least one passage to retrieve")
     if not any(q.answers for q in questions):
         raise LmlabError("no question has an answer string: exact match needs them")
     questions = [q for q in questions if q.answers]
     reader = _Reader(run, checkpoint, device)
     retrieved = index.search_many([q.question for q in questions], k=k, mode=mode)
+    by_doc: dict[str, list] = {}
+    for c in index.chunks:
+        by_doc.setdefault(c.doc_id, []).append(c)
     out: dict[str, Any] = {}
     for cond in CONDITIONS:
         rows, prompts = [], []
@@ -164,7 +164,7 @@ def reader_scores(index: Index, questions: list[Question], run: str | Path, *, k
             if cond == "closed-book":
                 hits = []
             elif cond == "oracle":
-                gold = oracle_passage(index, q)
+                gold = oracle_passage(by_doc, q)
                 if gold is None:
                     continue
                 hits = [Hit(1, 0.0, _passage_chunk(gold))]

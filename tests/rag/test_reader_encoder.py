@@ -170,6 +170,16 @@ def test_the_knowledge_base_is_unique_and_answerable():
     assert chance("pet") == 0 and chance("profession") == pytest.approx(1 / 30)
 
 
+def test_pairs_from_squad_json():
+    from lmlab.objectives.encoder import read_pairs
+    from tests.conftest import SHARED_DATA
+
+    squad = SHARED_DATA / "qa" / "squad-v2.0-dev-first5articles.json"
+    pairs = read_pairs(squad)
+    assert len(pairs) == 705 and len({p for _, p in pairs}) <= 177
+    assert all(q.strip() for q, _ in pairs) and all(len(p.split()) > 20 for _, p in pairs)
+
+
 def test_question_file_errors(tmp_path):
     missing = tmp_path / "none.jsonl"
     with pytest.raises(LmlabError, match="not found"):
