@@ -31,6 +31,7 @@ _EXPORTS = {
     "classify": "lmlab.api",
     "chat": "lmlab.api",
     "merge": "lmlab.api",
+    "quantize": "lmlab.api",
     "score": "lmlab.api",
     "serve": "lmlab.api",
     # the types they take and return

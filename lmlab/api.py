@@ -41,6 +41,7 @@ __all__ = [
     "merge",
     "plot",
     "prepare",
+    "quantize",
     "stream",
     "train",
     "translate",
@@ -223,6 +224,9 @@ def evaluate(
     min_new_tokens: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
+    compare: str | Path | None = None,
+    per_layer: bool = False,
+    compare_tokens: int = 0,
     report: Any = None,
 ) -> dict[str, Any]:
     """Scores of run ``run`` on ``split`` (default: test for translation, val for a language model) of its dataset
@@ -233,8 +237,10 @@ def evaluate(
     (default: its validation file): pairwise accuracy with its standard error, mean margin (eval-reward.json).
     With ``prompts`` and ``reward``, a policy's responses to every prompt are scored instead: mean reward, KL to
     ``reference`` (default the run's parent), the reference's perplexity of them, distinct-2 (eval-prompts.json,
-    with the responses). ``report(scores)`` is called before the scores are saved (the CLI prints them), so a
-    failed save loses nothing."""
+    with the responses). With ``compare`` (a reference run, e.g. the one ``run`` was quantized from): file sizes,
+    perplexities, their change in percent, mean KL(reference ‖ run), top-1 agreement, and with ``per_layer`` each
+    quantized layer's errors (eval-compare.json). ``report(scores)`` is called before the scores are saved (the
+    CLI prints them), so a failed save loses nothing."""
     import time
 
     from lmlab.data.dataset import load_dataset
@@ -263,6 +269,24 @@ def evaluate(
         write_json(path, scores)
         return scores
 
+    if per_layer and compare is None:
+        raise LmlabError("--per-layer goes with --compare REF (the run to compare each layer with)")
+    _check_ints(lowest=0, compare_tokens=compare_tokens)
+    if compare is not None:
+        from lmlab.eval.compare import compare_runs
+
+        if prompts is not None or reward is not None or "head" in cfg or cfg["model"].get("arch") == "seq2seq":
+            raise LmlabError("--compare scores language models on their text; it takes no --prompts/--reward, "
+                             "and no classifier, reward or translation run")  # fmt: skip
+        read_config(compare)
+        data_path = Path(data) if data is not None else Path(cfg.get("data", {}).get("path", ""))
+        if not str(data_path) or not data_path.is_dir():
+            raise LmlabError(f"the dataset of run {run} ({data_path}) is not there; pass its directory with --data")
+        ds = load_dataset(data_path)
+        check_same_tokenizer(run, ds.path)
+        scores = compare_runs(run, Path(compare), ds, split or "val", batch_size, compare_tokens, checkpoint,
+                              pick_device(device), per_layer=per_layer)  # fmt: skip
+        return save(Path(out) if out is not None else run / "eval-compare.json", scores)
     if prompts is not None or reward is not None:
         if prompts is None or reward is None:
             raise LmlabError("scoring a policy's responses takes both --prompts FILE and --reward REWARD")
@@ -514,6 +538,125 @@ def merge(run: str | Path, out: str | Path, *, checkpoint: str | None = None) ->
         "objective": cfg.get("objective"), "method": "merge",
     }  # fmt: skip
     return save_run(out, loaded.model, loaded.tokenizer, extra_config=config, step=int(loaded.state.get("step", 0)))
+
+
+def quantize(
+    run: str | Path,
+    out: str | Path,
+    *,
+    scheme: str = "int8",
+    group_size: int = 0,
+    method: str = "rtn",
+    symmetric: bool = True,
+    keep: Sequence[str] | str = ("embeddings", "head"),
+    calib: str | Path | None = None,
+    calib_tokens: int = 32768,
+    eval_tokens: int = 65536,
+    batch_size: int = 16,
+    checkpoint: str | None = None,
+    seed: int = 0,
+    report: Any = None,
+) -> dict[str, Any]:
+    """Quantize the weights of run ``run`` and write the child run ``out`` (see ``lmlab.models.quant``): ``scheme``
+    int8 (per output channel) or int4 (groups of ``group_size`` inputs, default 128), ``method`` rtn (no data) or
+    gptq (calibrated on ``calib_tokens`` tokens of the train split of ``calib``, default the run's dataset);
+    ``keep`` names the float tensors kept (embeddings, head; "none" quantizes both). Then compares ``out`` with
+    ``run`` on up to ``eval_tokens`` validation tokens (0 = the whole split; skipped when the dataset is not
+    there): sizes, perplexities, KL, top-1 agreement. ``report(line)`` receives the progress and result lines.
+    Returns the comparison (also in OUT/quantize.json)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from lmlab.data.dataset import load_dataset
+    from lmlab.eval.compare import compare_runs, format_comparison
+    from lmlab.io import check_disjoint, sha256_file, write_json
+    from lmlab.models import quant
+    from lmlab.runs import load, read_config, save_run
+
+    _check_ints(calib_tokens=calib_tokens, batch_size=batch_size)
+    _check_ints(lowest=0, eval_tokens=eval_tokens, group_size=group_size)
+    say = report or (lambda line: None)
+    run, out = Path(run), Path(out)
+    cfg = read_config(run)
+    if isinstance(keep, str):
+        keep = () if keep.strip() in ("", "none") else tuple(k.strip() for k in keep.split(","))
+    spec = quant.QuantSpec(scheme, group_size, symmetric, method, tuple(keep))
+    if cfg.get("quant"):
+        raise LmlabError(f"{run} is quantized already ({quant.QuantSpec.from_dict(cfg['quant']).name}); quantize "
+                         "its parent instead")  # fmt: skip
+    arch = cfg["model"].get("arch")
+    if arch in ("rnn", "lstm"):
+        raise LmlabError(f"{run} is an {arch} run: its recurrent cells run PyTorch's fused float kernels, which take "
+                         "no quantized weights; quantize a GPT or seq2seq run")  # fmt: skip
+    if "lora" in cfg:
+        raise LmlabError(f"{run} is a LoRA run; merge its adapters first (lmlab merge {run} --out RUN) and quantize "
+                         "the merged run")  # fmt: skip
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LmlabError(f"--out {out} exists; choose a new run directory")
+    check_disjoint(out, [run], what="--out")
+    data_path = Path(calib) if calib is not None else Path((cfg.get("data") or {}).get("path", ""))
+    t0 = time.perf_counter()
+    loaded = load(run, checkpoint=checkpoint)
+    model = loaded.model
+    names = quant.targets(model, spec)
+    if not names:
+        raise LmlabError(f"--keep {','.join(spec.keep) or 'none'} leaves nothing of {run} to quantize")
+    for name in names:
+        quant.check_layer(name, model.get_submodule(name), spec)
+    results = None
+    if method == "gptq":
+        if arch == "seq2seq":
+            raise LmlabError("--method gptq calibrates on language-model text; use rtn for a translation run")
+        if not str(data_path) or not data_path.is_dir():
+            raise LmlabError(f"--method gptq needs calibration text: the run's dataset ({data_path}) is not there; "
+                             "pass a dataset directory with --calib")  # fmt: skip
+        ds = load_dataset(data_path)
+        tok = run / "tokenizer.json"
+        if (
+            not tok.is_file()
+            or not (ds.path / "tokenizer.json").is_file()
+            or (sha256_file(tok) != sha256_file(ds.path / "tokenizer.json"))
+        ):
+            raise LmlabError(f"--calib {data_path} was tokenized with another tokenizer than {run}; calibrate on "
+                             "text prepared with the run's own tokenizer")  # fmt: skip
+        tokens = ds.tokens("train")
+        block = model.config.block_size
+        n = max(1, min(calib_tokens // block, (len(tokens) - 1) // block))
+        if (len(tokens) - 1) // block < 1:
+            raise LmlabError(f"--calib {data_path}: its train split is shorter than one window of {block} tokens")
+        starts = np.random.default_rng(seed).choice((len(tokens) - 1) // block, size=n, replace=False) * block
+        windows = torch.from_numpy(np.stack([tokens[s : s + block].astype(np.int64) for s in starts]))
+        say(f"GPTQ: Hessians of {len(names)} layers from {n * block:,} calibration tokens of {data_path}")
+        hess = quant.hessians(model, names, windows.split(batch_size))
+        results = {}
+        for name in names:
+            if name in hess:
+                results[name] = quant.gptq(model.get_submodule(name).weight, hess[name], spec)
+    done = quant.quantize_model(model, spec, results)
+    config = {k: v for k, v in cfg.items() if k not in ("model", "parent", "resumes", "tokenizer_sha256")}
+    config["quant"] = spec.to_dict()
+    config["parent"] = {
+        "run": str(run.resolve()), "checkpoint": loaded.checkpoint.name, "step": loaded.state.get("step"),
+        "objective": cfg.get("objective"), "method": "quantize",
+    }  # fmt: skip
+    extra = tuple(p for p in (run / "tokenizer.src.json",) if p.is_file())
+    save_run(
+        out, model, loaded.tokenizer, extra_config=config, step=int(loaded.state.get("step", 0)), extra_files=extra
+    )
+    say(f"quantized {len(done)} layers of {run} ({spec.name}) -> {out}  [{time.perf_counter() - t0:.1f}s]")
+    scores: dict[str, Any] = {"run": str(out), "reference": str(run), "quant": spec.to_dict(), "layers": done}
+    if arch != "seq2seq" and "head" not in cfg and str(data_path) and (data_path / "meta.json").is_file():
+        ds = load_dataset(data_path)
+        scores = compare_runs(
+            out, run, ds, "val", batch_size, eval_tokens, None, "cpu", reference_checkpoint=checkpoint
+        )
+        scores["quantized"] = done
+        for line in format_comparison(scores):
+            say(line)
+    write_json(out / "quantize.json", scores)
+    return scores
 
 
 def experiment(name: str, **options: Any) -> dict[str, Any]:

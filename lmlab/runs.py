@@ -12,6 +12,8 @@ weights sha256, objective); ``lineage`` follows those links back to the first ru
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from lmlab import checkpoint as ckpt
 from lmlab import io
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
+
+log = logging.getLogger("lmlab")
 
 
 @dataclass
@@ -63,8 +67,10 @@ def save_run(
     tokenizer: Any = None,
     extra_config: dict[str, Any] | None = None,
     step: int = 0,
+    extra_files: tuple[str | Path, ...] = (),
 ) -> Path:
-    """Write a run directory holding ``model`` as checkpoint ``step`` (used by import-hf and by tests)."""
+    """Write a run directory holding ``model`` as checkpoint ``step`` (used by import-hf, merge, quantize and by
+    tests); ``extra_files`` are copied in beside it (a seq2seq parent's ``tokenizer.src.json``)."""
     run_dir = Path(run_dir)
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise LmlabError(f"{run_dir} exists and is not empty; choose a new run directory")
@@ -77,6 +83,8 @@ def save_run(
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer.json")
             config["tokenizer_sha256"] = io.sha256_file(tmp / "tokenizer.json")
+        for f in extra_files:
+            shutil.copyfile(f, tmp / Path(f).name)
         io.write_json(tmp / "config.json", config)
         root = tmp / "checkpoints"
         path = ckpt.write_checkpoint(root, step, model, {"tokens_seen": 0, "metrics": {}})
@@ -118,6 +126,10 @@ def build_run_model(cfg: dict[str, Any]) -> torch.nn.Module:
         from lmlab.models.lora import LoRAConfig, apply_lora
 
         apply_lora(model, LoRAConfig(**{**lora, "targets": tuple(lora["targets"])}))
+    if cfg.get("quant"):  # the quantized layers' shapes, filled by the checkpoint (checked by check_quantized)
+        from lmlab.models.quant import QuantSpec, quantize_model
+
+        quantize_model(model, QuantSpec.from_dict(cfg["quant"]))
     return model
 
 
@@ -136,8 +148,18 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str | torch
     cfg = read_config(run_dir)
     path = ckpt.find_checkpoint(run_dir / "checkpoints", checkpoint)
     model = build_run_model(cfg)
+    if cfg.get("quant"):
+        from lmlab.models.quant import check_file
+
+        check_file(model, path / ckpt.WEIGHTS)
     ckpt.load_weights(model, path, device)
     model.to(device).eval()
+    if cfg.get("quant"):
+        from lmlab.models.quant import prepare
+
+        kernels = prepare(model)
+        log.info("%s: %s weights; matmuls: %s", run_dir, cfg["quant"]["scheme"],
+                 ", ".join(f"{n} layers {k}" for k, n in kernels.items()))  # fmt: skip
     tokenizer = run_tokenizer(run_dir, cfg)
     return Run(run_dir, model, tokenizer, cfg, path, ckpt.read_state(path))
 

@@ -31,6 +31,7 @@ VERBS: dict[str, Verb] = {
     "score": Verb("lmlab.cli.score", "print the reward of responses to a prompt under a reward-model run"),
     "classify": Verb("lmlab.cli.classify", "label texts with a fine-tuned classifier run, with class probabilities"),
     "merge": Verb("lmlab.cli.merge", "fold a LoRA run's adapters into its weights: a standalone run"),
+    "quantize": Verb("lmlab.cli.quantize", "quantize a run's weights to int8 or int4 (RTN or GPTQ): a smaller run"),
     "plot": Verb("lmlab.cli.plot", "draw the train/val curves of several runs in one PNG"),
     "sample": Verb("lmlab.cli.sample", "sample text from a trained run, streaming it to the terminal"),
     "chat": Verb("lmlab.cli.chat", "talk to a trained run in the terminal (a base model continues your text)"),
@@ -132,6 +133,18 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"lmlab: warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
 
 
+def _log_to_stderr() -> None:
+    """lmlab's log (the ``lmlab`` logger: which kernels a quantized run uses, ...) as ``lmlab: ...`` lines."""
+    import logging
+
+    logger = logging.getLogger("lmlab")
+    if not logger.handlers:
+        handler = logging.StreamHandler()  # sys.stderr at the time of each message
+        handler.setFormatter(logging.Formatter("lmlab: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def _terminate(signum, frame) -> None:
     raise Terminated
 
@@ -153,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
             signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: temporaries removed, exit 143
         warnings.formatwarning = _one_line_warning  # a notice is one line, without source paths
+        _log_to_stderr()
         if verb is None:
             raise LmlabError(f"unknown verb {name!r}{did_you_mean(name, VERBS)}; `lmlab --help` lists the verbs")
         importlib.import_module(verb.module).main(argv[1:])

@@ -17,7 +17,8 @@ class EvalConfig:
     pairwise accuracy for reward models on a preference --data file. With --prompts and --reward, a policy's
     responses: mean reward, KL to --reference, the reference's perplexity of them, distinct-2. Writes
     RUN/eval-SPLIT.json (classifiers: eval-classify.json, reward models: eval-reward.json, --prompts:
-    eval-prompts.json)."""
+    eval-prompts.json). With --compare REF (a quantized run against the run it was made from): file sizes,
+    perplexity of both and its change, mean KL divergence, top-1 agreement (eval-compare.json)."""
 
     run: tyro.conf.Positional[str]  # run directory
     split: str | None = None  # translation: test (default) | val | train; language models: val (default) | train
@@ -40,6 +41,9 @@ class EvalConfig:
     min_new_tokens: int = 0  # --prompts: no ending token before this many
     temperature: float = 1.0  # --prompts: sampling temperature
     seed: int = 0  # --prompts: sampling seed
+    compare: str | None = None  # a reference run (e.g. the one quantized): size, ppl change, KL, top-1 agreement
+    per_layer: bool = False  # --compare: each quantized layer's weight and output error too
+    compare_tokens: int = 0  # --compare: score at most this many tokens of the split (0 = all)
 
 
 def main(argv: list[str]) -> None:
@@ -52,9 +56,11 @@ def main(argv: list[str]) -> None:
         description=EvalConfig.__doc__,
         config=(tyro.conf.PositionalMetavarFromFieldName,),
     )
-    policy = {}
+    policy: dict = {}
+    if cfg.compare is not None or cfg.per_layer:
+        policy = dict(compare=cfg.compare, per_layer=cfg.per_layer, compare_tokens=cfg.compare_tokens)
     if cfg.prompts is not None or cfg.reward is not None:
-        policy = dict(
+        policy |= dict(
             prompts=cfg.prompts, reward=cfg.reward, reward_label=cfg.reward_label,
             reward_transform=cfg.reward_transform, reference=cfg.reference, samples=cfg.samples,
             max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature,
@@ -69,6 +75,12 @@ def main(argv: list[str]) -> None:
 
 def _print(cfg: EvalConfig, s: dict) -> None:
     """The scores on the terminal: printed before they are saved, so that a failed save loses nothing."""
+    if "kl" in s and "top1_agreement" in s:
+        from lmlab.eval.compare import format_comparison
+
+        print(f"{cfg.run} against {s['reference']}:")
+        print("\n".join(format_comparison(s)))
+        return
     if "samples" in s:
         for ex in s["samples"][: cfg.show]:
             print(f"  {ex['prompt']!r} => {ex['response']!r}  reward {ex['reward']:.4f}", file=sys.stderr)

@@ -136,7 +136,8 @@ class _GPTStep:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.wte = model.wte.weight
+        self.wte = model.wte.weight if type(model.wte) is nn.Embedding else None
+        self.embed = model.wte.forward  # a quantized table (QuantEmbedding) dequantizes the rows it reads
         self.wpe = model.wpe.weight if model.wpe is not None else None
         self.sin_table = model.sinusoidal.table if model.sinusoidal is not None else None
         self.rope = (model.rope.cos, model.rope.sin) if model.rope is not None else None
@@ -171,7 +172,9 @@ class _GPTStep:
 
         if type(model) is not GPT or type(model.norm_f) not in (LayerNorm, RMSNorm, nn.Identity):
             return False
-        if type(model.wte) is not nn.Embedding:
+        from lmlab.models.quant import QuantEmbedding
+
+        if type(model.wte) not in (nn.Embedding, QuantEmbedding):
             return False
         for part, kind in (
             (model.wpe, LearnedPositionalEmbedding),
@@ -223,7 +226,7 @@ class _GPTStep:
         k_seen = cache.k.narrow(3, 0, L + 1).unbind(0)  # each (B, H_kv, L + 1, D)
         v_seen = cache.v.narrow(3, 0, L + 1).unbind(0)
         where = L if pos is None else pos.view(B)
-        x = torch.embedding(self.wte, tokens.view(B))  # (B, C)
+        x = torch.embedding(self.wte, tokens.view(B)) if self.wte is not None else self.embed(tokens.view(B))  # (B, C)
         if self.wpe is not None:
             x = x + self.wpe[where]  # (C,) or (B, C)
         elif self.sin_table is not None:

@@ -91,7 +91,7 @@ class GPT(nn.Module):
             raise LmlabError(
                 f"cache max_len {max_len} exceeds model.block_size ({cfg.block_size}) of a learned-position model"
             )
-        w = self.wte.weight
+        w = self.wte.weight if isinstance(self.wte, nn.Embedding) else self.wte.scales  # a quantized table: its scales
         device, dtype = device or w.device, dtype or w.dtype
         return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim, device=device, dtype=dtype)
 
