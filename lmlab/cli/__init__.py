@@ -27,7 +27,10 @@ class Verb:
 VERBS: dict[str, Verb] = {
     "prepare": Verb("lmlab.cli.prepare", "tokenize a corpus (char | bpe | word) into train/val token shards"),
     "train": Verb("lmlab.cli.train", "train a model (gpt | rnn | lstm | seq2seq) on a prepared dataset, or resume"),
-    "finetune": Verb("lmlab.cli.finetune", "fine-tune a run into a child run: classify, sft, reward, dpo, ppo or grpo"),
+    "finetune": Verb(
+        "lmlab.cli.finetune",
+        "fine-tune a run into a child run: classify, sft, reward, dpo, ppo, grpo, encoder, distill",
+    ),
     "score": Verb("lmlab.cli.score", "print the reward of responses to a prompt under a reward-model run"),
     "classify": Verb("lmlab.cli.classify", "label texts with a fine-tuned classifier run, with class probabilities"),
     "merge": Verb("lmlab.cli.merge", "fold a LoRA run's adapters into its weights: a standalone run"),

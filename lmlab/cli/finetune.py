@@ -31,6 +31,7 @@ DATA_HELP = {
     "reward": "preference pairs or rankings (.jsonl)",
     "dpo": "preference pairs or rankings (.jsonl)",
     "encoder": "question-passage pairs (.jsonl) or SQuAD .json",
+    "distill": "a dataset directory prepared with RUN's tokenizer (lmlab prepare)",
 }
 
 

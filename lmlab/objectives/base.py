@@ -79,6 +79,9 @@ class Objective:
     Options: ClassVar[type | None] = None
     RECIPE: ClassVar[dict[str, Any]] = {}
     has_head: ClassVar[bool] = False
+    # fine-tuning methods that train a new model of another shape (distill's student): ``model_config(opts,
+    # parent_cfg)`` gives it, the parent's weights are not loaded, and ``teacher_checkpoint`` is set to them
+    new_model: ClassVar[bool] = False
 
     # real (non-padding) tokens per sequence: with batch_size it gives tokens per step for --train.tokens-per-step
     tokens_per_sequence: int = 1
@@ -152,9 +155,10 @@ _BUILTIN = {
     "reward": "lmlab.objectives.reward",
     "dpo": "lmlab.objectives.dpo",
     "encoder": "lmlab.objectives.encoder",
+    "distill": "lmlab.objectives.distill",
 }
 # the objectives `lmlab finetune RUN METHOD DATA` trains (each has Options, RECIPE and from_files)
-FINETUNE_METHODS = ("classify", "sft", "reward", "dpo", "encoder")
+FINETUNE_METHODS = ("classify", "sft", "reward", "dpo", "encoder", "distill")
 
 
 def finetune_method(method: str) -> type[Objective]:

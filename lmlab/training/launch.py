@@ -356,6 +356,8 @@ def _finetune_parts(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig) 
         ft["files"]["data"]["path"], method.Options(**ft["options"]), tokenizer, model_cfg.block_size,
         train_cfg.seed, **extra,
     )  # fmt: skip
+    if method.new_model:
+        objective.teacher_checkpoint = Path(cfg["parent"]["run"]) / "checkpoints" / cfg["parent"]["checkpoint"]
     runtime.seed_everything(train_cfg.seed)
     return build_run_model(cfg), objective, ft["files"]["data"]["path"]
 
@@ -399,7 +401,12 @@ def finetune(
         raise LmlabError("--scratch starts from random weights; it takes no --checkpoint and no --lora.r")
     if scratch and is_rl:
         raise LmlabError(f"--scratch is for supervised methods; {method} starts from a trained policy")
+    new_model = objective_cls is not None and objective_cls.new_model
+    if new_model and (scratch or (lora is not None and lora.r)):
+        raise LmlabError(f"{method} trains a new model from random weights; it takes no --scratch and no --lora.r")
     weights = None if scratch else ckpt.find_checkpoint(parent / "checkpoints", checkpoint)
+    if new_model:
+        model_cfg = objective_cls.model_config(opts, model_cfg)
     seed = int(train_over.get("seed", TrainConfig.seed))
     template = uses_template(pcfg)
     if is_rl:
@@ -411,6 +418,8 @@ def finetune(
         opts = objective_cls.fit_options(opts, model_cfg)
         extra = {"template": template} if objective_cls.reads_preferences else {}
         objective = objective_cls.from_files(data, opts, tokenizer, model_cfg.block_size, seed, **extra)
+        if new_model:
+            objective.teacher_checkpoint = weights
         n_train = objective.n_train
     base = {**recipe, **train_over}
     if "max_steps" not in train_over:
@@ -430,7 +439,7 @@ def finetune(
         raise LmlabError(f"run directory {run_dir} already has checkpoints; choose another --out")
     from lmlab.runs import parent_weights_sha256
 
-    files = {"data": _file_record(data)}
+    files = {"data": _file_record(data / "meta.json" if data.is_dir() else data)}  # a dataset: its meta.json
     options = dataclasses.asdict(opts)
     if opts.val is not None:
         files["val"] = _file_record(opts.val)
@@ -487,6 +496,8 @@ def _finetune_fit(config, model_cfg, objective, weights, lora, is_rl, method, da
     from lmlab.runs import build_run_model
 
     runtime.seed_everything(train_cfg.seed)
+    if objective is not None and objective.new_model:
+        weights = None  # the parent is the teacher; the student starts from random weights
     model = build_run_model(config) if "lora" in config else _finetune_model(model_cfg, objective, weights)
     if "lora" in config:
         from lmlab.models.lora import trainable_parameters
