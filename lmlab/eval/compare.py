@@ -27,7 +27,7 @@ def weights_bytes(checkpoint: Path) -> int:
     return (Path(checkpoint) / WEIGHTS).stat().st_size
 
 
-def _batches(tokens, block: int, batch_size: int, max_tokens: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def windows(tokens, block: int, batch_size: int, max_tokens: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive non-overlapping windows from the start of ``tokens``: at most ``max_tokens`` targets (0 = all)."""
     from lmlab.data.loader import BatchLoader
 
@@ -124,7 +124,7 @@ def compare_runs(
     if a.config["model"].get("vocab_size") != b.config["model"].get("vocab_size") or digest[0] != digest[1]:
         raise LmlabError(f"--compare {reference}: it has another tokenizer than {run}; compare runs of one dataset")
     block = min(a.model.config.block_size, b.model.config.block_size)
-    batches = _batches(ds.tokens(split), block, batch_size, max_tokens, device)
+    batches = windows(ds.tokens(split), block, batch_size, max_tokens, device)
     scores = {"run": str(run), "reference": str(reference), "split": split, "quant": a.config.get("quant")}
     size, size_ref = weights_bytes(a.checkpoint), weights_bytes(b.checkpoint)
     scores.update(bytes=size, bytes_ref=size_ref, size_ratio=round(size / size_ref, 4))

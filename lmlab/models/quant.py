@@ -302,14 +302,15 @@ class QuantLinear(_Quantized):
                     zero_term = (self.zeros.float() * self.scales.float()).to(torch.bfloat16)
                 self._packed = (self.scales.to(torch.bfloat16), zero_term)
                 self.kernel = "int8pack"
-            elif (
-                self.spec.scheme == "int4"
-                and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
-                and self.out_features % 16 == 0  # the kernel's tiles are 16 output rows
-            ):
+            elif self.spec.scheme == "int4" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
                 u, z = self._codes_and_zeros()
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32), 1)
                 s = self.scales.float()
+                pad = -self.out_features % 16  # the kernel's tiles are 16 output rows: pad with zero rows, cut after
+                if pad:
+                    u = torch.cat((u, u.new_full((pad, u.size(1)), 8)))
+                    z = torch.cat((z, z.new_full((pad, z.size(1)), 8)))
+                    s = torch.cat((s, s.new_zeros(pad, s.size(1))))
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32), 1)
                 # the kernel computes (u − 8)·s + m per group: m = (8 − z)·s
                 sz = torch.stack((s, (8 - z.float()) * s), dim=-1).transpose(0, 1).contiguous()  # (G, N, 2)
                 self._packed = (packed, sz.to(torch.bfloat16))
@@ -335,6 +336,8 @@ class QuantLinear(_Quantized):
         else:
             packed, sz = self._packed
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.spec.group_size, sz)
+            if y.size(-1) != self.out_features:  # padded to the kernel's tile
+                y = y[:, : self.out_features]
         y = y.to(x.dtype).reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 

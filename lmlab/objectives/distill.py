@@ -127,16 +127,17 @@ class Distill(Objective):
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> LossOut:
         x, y = batch
         logits = model(x).logits.float()  # (B, T, V)
-        with torch.no_grad():
-            target = self.teacher(x).logits.float()
         V = logits.size(-1)
         ce = F.cross_entropy(logits.view(-1, V), y.view(-1), ignore_index=-100)
-        T = self.opts.temperature
         keep = (y >= 0).view(-1)
+        a, T = self.opts.alpha, self.opts.temperature
+        if not a and model.training:  # data alone (the baseline): the teacher is only asked at evaluation
+            return LossOut(ce, int(keep.sum()), {"ce": ce.detach(), "kl": torch.zeros(())}, log={"ce": ce.detach()})
+        with torch.no_grad():
+            target = self.teacher(x).logits.float()
         s = F.log_softmax(logits.view(-1, V)[keep] / T, -1)
         t = F.log_softmax(target.view(-1, V)[keep] / T, -1)
         kl = F.kl_div(s, t, log_target=True, reduction="batchmean")  # KL(teacher ‖ student), mean over tokens
-        a = self.opts.alpha
         loss = a * T * T * kl + (1 - a) * ce if a else ce
         return LossOut(loss, int(keep.sum()), {"ce": ce.detach(), "kl": kl.detach()}, log={"ce": ce.detach()})
 

@@ -69,9 +69,15 @@ def test_packed_kernels_equal_the_reference_path(spec, rows):
     assert err < 6e-3, err
 
 
-def test_int4_kernel_falls_back_where_it_cannot_tile_and_to_moves_back_to_the_reference():
-    q = QuantLinear.from_weight(torch.nn.Linear(64, 72), QuantSpec("int4", 32))  # 72 rows: not a multiple of 16
-    assert q.prepare() == "reference"
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_kernel_pads_rows_to_its_tile_and_to_moves_back_to_the_reference(symmetric):
+    q = QuantLinear.from_weight(torch.nn.Linear(64, 72), QuantSpec("int4", 32, symmetric))  # 72 rows: not 16k
+    x = torch.randn(5, 64)
+    q.prepare("reference")
+    ref = q(x)
+    assert q.prepare() == "int4pack"
+    got = q(x)
+    assert got.shape == (5, 72) and (got - ref).norm() / ref.norm() < 6e-3
     q = QuantLinear.from_weight(torch.nn.Linear(64, 64), QuantSpec("int4", 32))
     assert q.prepare() == "int4pack"
     q.to(torch.device("meta"))
