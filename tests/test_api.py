@@ -22,7 +22,7 @@ def _every_module_imported():
 
 def test_every_public_function_is_called_here():
     called = {"prepare", "train", "load", "generate", "stream", "plot", "evaluate", "attention", "translate"}
-    called |= {"import_hf", "export_hf", "finetune", "classify", "chat", "merge", "experiment"}
+    called |= {"import_hf", "export_hf", "finetune", "classify", "chat", "merge", "experiment", "quantize"}
     assert set(api.__all__) == called, "a public function was added: call it in this module too"
     assert set(api.__all__) <= set(lmlab.__all__)
 
@@ -37,6 +37,8 @@ def test_lm_verbs_end_to_end(shakespeare, tmp_path):
     text = lmlab.generate(run.model, run.tokenizer, "ROMEO:", max_new_tokens=5, seed=0)
     assert text == "".join(lmlab.stream(run.model, run.tokenizer, "ROMEO:", max_new_tokens=5, seed=0))
     assert lmlab.plot([tmp_path / "run"], tmp_path / "curves.png").is_file()
+    q = lmlab.quantize(tmp_path / "run", tmp_path / "run-q8", scheme="int8", eval_tokens=1024)
+    assert q["top1_agreement"] > 0.9 and lmlab.load(tmp_path / "run-q8").config["quant"]["scheme"] == "int8"
     assert lmlab.evaluate(tmp_path / "run", "val", out=tmp_path / "eval.json")["loss"] > 0
     assert lmlab.attention(tmp_path / "run", "to be", out=tmp_path / "attention.png").is_file()
     # tiny is GPT-2-shaped, so it goes to the Hugging Face layout and back

@@ -30,6 +30,7 @@ CASES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "translate": (["runs/x", "hello"], ["--beam", "wide"], []),
     "experiment": (["sentiment-rlhf"], ["--seed", "abc"], None),  # `lmlab experiment` lists the experiments
     "eval": (["runs/x"], ["--limit", "abc"], []),
+    "quantize": (["runs/x", "--out", "runs/y"], ["--group-size", "wide"], []),
     "serve": (["runs/x"], ["--port", "http"], []),
     "rag": (["search", "idx", "query"], ["-k", "many"], ["search"]),
 }
