@@ -209,7 +209,10 @@ def test_quantize_errors(base, quantized, shakespeare_char, tmp_path, capsys):
     capsys.readouterr()
     err(str(lstm), "--out", str(tmp_path / "a"), fragment="recurrent cells")
     assert not (tmp_path / "a").exists()
+    err(str(base), "--out", str(tmp_path / "a"), "--calib-tokens", "0", fragment="calib")
     assert_one_line_error(run_cli(["eval", str(base), "--per-layer"], capsys), "--per-layer goes with --compare")
+    r = run_cli(["eval", str(base), "--compare", str(base), "--compare-tokens", "-1"], capsys)
+    assert_one_line_error(r, "compare")
 
 
 def test_a_file_that_does_not_match_the_scheme_is_refused(quantized, tmp_path):
