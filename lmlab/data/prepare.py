@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
+import json
 import math
 import random
 import shutil
@@ -31,11 +32,14 @@ import tyro
 
 from lmlab import __version__
 from lmlab.data import tokenizer as toklib
+from lmlab.data.formats import holdout
+from lmlab.data.formats.chat import Format as ChatFormat
+from lmlab.data.formats.chat import read_conversations
 from lmlab.data.formats.pairs import SPLITS as PAIR_SPLITS
 from lmlab.data.formats.pairs import read_pairs, source_key, split_pairs
 from lmlab.data.sources import resolve_source
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.io import DirLock, atomic_dir, check_disjoint, write_error, write_json
+from lmlab.io import DirLock, atomic_dir, check_disjoint, sha256_file, write_error, write_json
 
 BLOCK_BYTES = 1 << 14  # read files in 16 KiB blocks cut at the last newline: small pieces balance encode_batch best
 MAX_REPORTED_LINES = 10  # malformed pair lines named in a warning or error
@@ -63,7 +67,8 @@ class PrepareConfig:
     tokenizer_sample_mb: float = 512.0  # bpe / word: train the tokenizer on at most this many MB of text
     overwrite: bool = False  # replace an existing output directory
     quiet: bool = False  # no progress bar and no summary
-    task: Literal["lm", "translation"] = "lm"  # lm: a text corpus; translation: tab-separated sentence pairs
+    task: Literal["lm", "translation", "sft"] = "lm"  # lm: text; translation: TSV pairs; sft: conversations
+    format: ChatFormat = "auto"  # sft: the records' format (auto = detect it from the first record)
     documents: Literal["files", "lines"] = "files"  # lm: each file is a document, or each non-empty line is one
     columns: tuple[int, int] = (0, 1)  # translation: 0-based columns of the source and the target (1 0 = reverse)
     separate_tokenizers: bool = False  # translation: one tokenizer per language instead of one joint tokenizer
@@ -110,8 +115,10 @@ def run(cfg: PrepareConfig) -> PreparedDataset:
     """Build the dataset directory ``cfg`` describes (``lmlab.prepare`` is the keyword-argument front)."""
     if cfg.task == "translation":
         return prepare_translation(cfg)
+    if cfg.task == "sft":
+        return prepare_sft(cfg)
     if cfg.task != "lm":
-        raise LmlabError(f"--task: unknown value {cfg.task!r}; choose lm or translation")
+        raise LmlabError(f"--task: unknown value {cfg.task!r}; choose lm, translation or sft")
     if cfg.documents not in ("files", "lines"):
         raise LmlabError(f"--documents: unknown value {cfg.documents!r}; choose files or lines")
     t0 = time.perf_counter()
@@ -562,15 +569,20 @@ def _tokenizers(kind, existing, splits, all_pairs, cfg) -> tuple[toklib.Tokenize
     pairs = all_pairs if kind == "char" else splits["train"]
 
     def train(texts: list[str]) -> toklib.Tokenizer:
-        if kind == "char":
-            return toklib.train_char(texts)
-        fn = toklib.train_bpe if kind == "bpe" else toklib.train_word
-        return fn(texts, cfg.vocab_size, cfg.min_frequency)
+        return _train_on_texts(kind, texts, cfg)
 
     if cfg.separate_tokenizers:
         return train([s for s, _ in pairs]), train([t for _, t in pairs])
     joint = train([s for s, _ in pairs] + [t for _, t in pairs])
     return joint, joint
+
+
+def _train_on_texts(kind: str, texts: list[str], cfg: PrepareConfig) -> toklib.Tokenizer:
+    """A new tokenizer of ``kind`` trained on ``texts`` (held in memory: sentence pairs, conversations)."""
+    if kind == "char":
+        return toklib.train_char(texts)
+    fn = toklib.train_bpe if kind == "bpe" else toklib.train_word
+    return fn(texts, cfg.vocab_size, cfg.min_frequency)
 
 
 def _write_split(tmp: Path, split: str, pairs, src_tok, tgt_tok, dtype) -> dict[str, int]:
@@ -588,3 +600,68 @@ def _write_split(tmp: Path, split: str, pairs, src_tok, tgt_tok, dtype) -> dict[
     with open(tmp / f"{split}.tsv", "w", encoding="utf-8", newline="\n") as f:
         f.writelines(f"{s}\t{t}\n" for s, t in pairs)
     return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# --task sft: conversations to train a chat model on from scratch (lmlab train DATA PRESET)
+#
+#     DATA/{train,val}.jsonl   the conversations, one {"messages": [...]} a line (read by the sft objective)
+#     DATA/tokenizer.json      trained on the training conversations' text (char: on all of it)
+#     DATA/meta.json           "task": "sft", the source's format, conversations and rendered tokens per split
+#
+# The conversations are kept as text, not token files: the objective renders them through the one chat template
+# when a run starts (ids and loss mask together), as fine-tuning does with the same files.
+
+
+def prepare_sft(cfg: PrepareConfig) -> PreparedDataset:
+    """Build a conversation dataset directory from ``cfg`` (a ``PrepareConfig`` with ``task="sft"``): a JSONL or
+    JSON file of instruction data in any format ``lmlab finetune RUN sft`` reads."""
+    from lmlab.data.chat import render
+
+    t0 = time.perf_counter()
+    name, files = resolve_source(cfg.source, cfg.source_file)
+    if len(files) != 1:
+        raise LmlabError(f"--task sft takes one JSONL or JSON file of conversations; {cfg.source} is "
+                         f"{len(files)} files")  # fmt: skip
+    kind, existing = _tokenizer_choice(cfg.tokenizer)
+    if existing is None:
+        toklib.check_vocab_size(kind, cfg.vocab_size)
+    out = _output_dir(cfg, Path(name).stem, kind, existing, files)
+    fmt, convs = read_conversations(files[0], cfg.format)
+    train, val = holdout(convs, cfg.val_fraction, cfg.seed, files[0], "conversation")
+    with DirLock(out, "dataset", beside=True), atomic_dir(out) as tmp:
+        if existing is not None:
+            tok = existing
+        else:
+            # char vocabularies take every character, so that none is unknown in validation
+            tok = _train_on_texts(kind, [m["content"] for c in (convs if kind == "char" else train)
+                                         for m in c.messages], cfg)  # fmt: skip
+        counts = {}
+        for split, part in (("train", train), ("val", val)):
+            tokens = sum(len(render(tok, c.messages, where=f"{files[0].name}:{c.line}").ids) for c in part)
+            counts[split] = {"conversations": len(part), "tokens": tokens}
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+                f.writelines(json.dumps({"messages": list(c.messages)}, ensure_ascii=False) + "\n" for c in part)
+        tok.save(tmp / "tokenizer.json")
+        meta = {
+            "lmlab_version": __version__,
+            "task": "sft",
+            "name": name,
+            "vocab_size": tok.vocab_size,
+            "dtype": np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32).name,
+            "eos_id": tok.eos_id,
+            "tokenizer": tok.describe(),
+            "format": fmt,
+            "splits": counts,
+            "split": {"unit": "conversation", "val_fraction": cfg.val_fraction, "seed": cfg.seed},
+            "sources": [{"path": str(files[0].resolve()), "bytes": files[0].stat().st_size,
+                         "sha256": sha256_file(files[0])}],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }  # fmt: skip
+        write_json(tmp / "meta.json", meta)
+    if not cfg.quiet:
+        sizes = ", ".join(f"{s} {counts[s]['conversations']:,} conversations ({counts[s]['tokens']:,} tokens)"
+                          for s in ("train", "val"))  # fmt: skip
+        print(f"prepared {out}: {fmt} records, {tok.kind} tokenizer, vocab {tok.vocab_size}; {sizes} in "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)  # fmt: skip
+    return PreparedDataset(out, meta)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from lmlab.data.formats import holdout  # noqa: F401 - re-exported: the methods' readers split with it
 from lmlab.errors import LmlabError, did_you_mean
 
 
@@ -33,17 +34,6 @@ class FinetuneOptions:
             raise LmlabError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if self.epochs <= 0:
             raise LmlabError(f"--epochs must be positive, got {self.epochs}")
-
-
-def holdout(items: Sequence[Any], fraction: float, seed: int, source: Any, what: str) -> tuple[list, list]:
-    """(train, val): a seeded ``fraction`` of ``items`` held out, both in file order."""
-    import numpy as np
-
-    order = np.random.default_rng(seed).permutation(len(items))
-    n_val = max(1, round(len(items) * fraction))
-    if len(items) - n_val < 1:
-        raise LmlabError(f"{source} has {len(items)} {what}(s): too few to hold out a validation split")
-    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
 
 
 @dataclass

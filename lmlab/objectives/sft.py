@@ -125,6 +125,22 @@ class ConversationLoader(IndexedLoader):
         return SFTBatch(tokens.to(self.device), targets.to(self.device), segments)
 
 
+def reply_accuracy(logits: torch.Tensor, targets: torch.Tensor, segments: torch.Tensor | None) -> dict[str, Any]:
+    """Counts (device tensors) over the trained targets (≠ −100) of a batch: ``tokens``, ``correct`` (the argmax is
+    the target), ``replies`` (conversations with a trained target: rows, or (row, segment) when packed) and ``exact``
+    (those whose every trained target is the argmax)."""
+    B, T = targets.shape
+    scored = targets != -100
+    wrong = (logits.argmax(-1) != targets) & scored  # (B, T)
+    rows = torch.arange(B, device=targets.device)[:, None].expand(B, T)
+    key = rows if segments is None else rows * (T + 1) + segments  # one id per conversation of the batch
+    n_keys = B * (T + 1)
+    has = torch.bincount(key[scored], minlength=n_keys) > 0
+    bad = torch.bincount(key[wrong], minlength=n_keys) > 0
+    tokens = scored.sum()
+    return {"tokens": tokens, "correct": tokens - wrong.sum(), "replies": has.sum(), "exact": (has & ~bad).sum()}
+
+
 @register
 class SFT(Objective):
     """Mean next-token cross-entropy over the assistant tokens of rendered conversations."""
@@ -150,6 +166,26 @@ class SFT(Objective):
         return dataclasses.replace(opts, packing=opts.packing and model_cfg.arch == "gpt")
 
     @classmethod
+    def fit_model_config(cls, ds: Any, model_cfg: Any) -> Any:
+        if model_cfg.arch == "seq2seq":
+            raise LmlabError(f"{ds.path} holds conversations for a decoder (gpt, rnn or lstm); model.arch 'seq2seq' "
+                             "is an encoder–decoder for translation")  # fmt: skip
+        return model_cfg
+
+    @classmethod
+    def from_dataset(cls, ds: Any, model_cfg: Any, tokenizer: Any = None) -> SFT:
+        """Training from scratch on a conversation dataset (``lmlab prepare FILE --task sft``): its train.jsonl and
+        val.jsonl, packed for a gpt."""
+        files = {split: ds.path / f"{split}.jsonl" for split in ("train", "val")}
+        for path in files.values():
+            if not path.is_file():
+                raise LmlabError(f"{path} is missing; prepare the dataset again with lmlab prepare --task sft")
+        opts = cls.fit_options(SFTOptions(), model_cfg)
+        train, val = (read_conversations(files[s], "messages")[1] for s in ("train", "val"))
+        return cls._build(train, val, tokenizer, model_cfg.block_size, opts, ds.meta.get("format", "messages"),
+                          ds.path.name, ds.path.name)  # fmt: skip
+
+    @classmethod
     def from_files(cls, data: str | Path, opts: SFTOptions, tokenizer: Any, block_size: int, seed: int) -> SFT:
         fmt, convs = read_conversations(data, opts.format)
         if opts.val is not None:
@@ -157,8 +193,12 @@ class SFT(Objective):
         else:
             train, val = holdout(convs, opts.val_fraction, seed, data, "conversation")
         name = Path(data).name
+        return cls._build(train, val, tokenizer, block_size, opts, fmt, name, Path(opts.val).name if opts.val else name)
+
+    @classmethod
+    def _build(cls, train, val, tokenizer, block_size, opts, fmt, name, val_name) -> SFT:
         r_train = render_all(train, tokenizer, block_size, name)
-        r_val = render_all(val, tokenizer, block_size, Path(opts.val).name if opts.val else name)
+        r_val = render_all(val, tokenizer, block_size, val_name)
         for split, r in (("training", r_train), ("validation", r_val)):
             if not r.inputs:
                 raise LmlabError(
@@ -185,17 +225,30 @@ class SFT(Objective):
         )  # fmt: skip
 
     def loss(self, model: torch.nn.Module, batch: SFTBatch) -> LossOut:
-        n = (batch.targets != -100).sum()  # stays on the device: no sync in the training step
-        if batch.segments is not None:
-            return LossOut(model(batch.tokens, batch.targets, segments=batch.segments).loss, n)
-        return LossOut(model(batch.tokens, batch.targets).loss, n)
+        extra = {} if batch.segments is None else {"segments": batch.segments}
+        out = model(batch.tokens, batch.targets, **extra)
+        counts = reply_accuracy(out.logits, batch.targets, batch.segments)  # stays on the device: no sync
+        log = {"token_accuracy": counts["correct"] / counts["tokens"], "exact": counts["exact"] / counts["replies"]}
+        return LossOut(out.loss, counts["tokens"], counts, log)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return ("val_loss", "val_ppl", "val_token_accuracy", "val_exact")
 
     def reduce(self, outs: Sequence[LossOut]) -> dict[str, float]:
-        """Mean loss over every assistant token of the validation split (batches weighted by their tokens)."""
+        """Mean loss over every assistant token of the validation split (batches weighted by their tokens), the
+        share of those tokens the model ranks first, and the share of conversations whose every reply token it
+        ranks first (what greedy decoding would reproduce exactly)."""
         total = sum(float(o.loss) * float(o.n_tokens) for o in outs)
         n = sum(float(o.n_tokens) for o in outs)
         mean = total / max(n, 1.0)
-        return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+        sums = {k: sum(float(o.metrics[k]) for o in outs) for k in ("correct", "exact", "replies")}
+        return {
+            "val_loss": mean,
+            "val_ppl": math.exp(min(mean, 50.0)),
+            "val_token_accuracy": sums["correct"] / max(n, 1.0),
+            "val_exact": sums["exact"] / max(sums["replies"], 1.0),
+        }
 
     def sample(self, model: torch.nn.Module, *, n_tokens: int, seed: int, rt: Any) -> str:
         """The model's reply to the first validation conversation's first prompt, greedy, up to <|end|>."""

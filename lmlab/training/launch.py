@@ -115,6 +115,8 @@ def start(
     }
     if parent is not None:
         config["parent"] = parent
+    if objective_cls.chat:  # trained on conversations: a chat model from its first step
+        config["chat_template"] = "lmlab"
 
     def write_run_files() -> None:  # once everything is validated and built: a refused start writes nothing
         if not rt.is_main:

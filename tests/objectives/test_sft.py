@@ -199,3 +199,82 @@ def test_recurrent_models_pad_instead_of_packing():
 
     assert SFT.fit_options(SFTOptions(), get_preset("tiny").model).packing
     assert not SFT.fit_options(SFTOptions(), get_preset("lstm").model).packing
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations as a dataset: lmlab prepare FILE --task sft, then lmlab train DATA PRESET from random weights
+
+
+def test_reply_accuracy_counts_tokens_and_whole_replies_packed_or_not():
+    from lmlab.objectives.sft import reply_accuracy
+
+    V = 5
+    targets = torch.tensor([[1, 2, -100, 3], [4, -100, -100, -100]])
+    preds = torch.tensor([[1, 2, 0, 0], [4, 0, 0, 0]])  # row 0: its last target is wrong; row 1: right
+    logits = torch.nn.functional.one_hot(preds, V).float()
+    c = {k: int(v) for k, v in reply_accuracy(logits, targets, None).items()}
+    assert c == {"tokens": 4, "correct": 3, "replies": 2, "exact": 1}
+    # packed: row 0 holds two conversations (segments 1 and 2); the wrong token belongs to the second
+    segments = torch.tensor([[1, 1, 2, 2], [1, 1, 1, 0]])
+    c = {k: int(v) for k, v in reply_accuracy(logits, targets, segments).items()}
+    assert c == {"tokens": 4, "correct": 3, "replies": 3, "exact": 2}
+
+
+def test_prepare_task_sft_then_train_from_scratch_is_a_chat_model(tmp_path, capsys):
+    rng = random.Random(0)
+    rows = [{"prompt": f"{a} + {b} =", "completion": str(a + b)} for a in range(12) for b in range(12)]
+    rng.shuffle(rows)
+    src = jsonl(tmp_path / "add.jsonl", rows)
+    data = tmp_path / "add-data"
+    res = run_cli(["prepare", str(src), "--task", "sft", "--tokenizer", "word", "--vocab-size", "64",
+                   "--min-frequency", "1", "--val-fraction", "0.25", "--out", str(data)], capsys)  # fmt: skip
+    assert res.code == 0, res.err
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["task"] == "sft" and meta["format"] == "prompt-completion"
+    assert meta["splits"]["train"]["conversations"] == 108 and meta["splits"]["val"]["conversations"] == 36
+    val = [json.loads(line)["messages"] for line in (data / "val.jsonl").read_text().splitlines()]
+    train = [json.loads(line)["messages"] for line in (data / "train.jsonl").read_text().splitlines()]
+    assert len(val) == 36 and not {m[0]["content"] for m in val} & {m[0]["content"] for m in train}
+    assert meta["splits"]["val"]["tokens"] == 10 * len(val)  # <|bos|> <|user|> a + b = <|end|> <|assistant|> c <|end|>
+    run = tmp_path / "run"
+    res = run_cli(["train", str(data), "tiny", "--out", str(run), "--model.block-size", "16",
+                   "--train.max-steps", "4", "--train.eval-every", "2", *QUIET], capsys)  # fmt: skip
+    assert res.code == 0, res.err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["objective"] == "sft" and cfg["chat_template"] == "lmlab"
+    rows_logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows_logged if "val_exact" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0 <= r["val_exact"] <= r["val_token_accuracy"] <= 1 for r in evals)
+    assert any("train_token_accuracy" in r and "train_exact" in r for r in rows_logged)
+    # it resumes like any run, and answers through the chat template
+    res = run_cli(["train", "--resume", str(run), "--train.max-steps", "6", *QUIET], capsys)
+    assert res.code == 0, res.err
+    done = lmlab.load(run)
+    assert done.config["chat_template"] == "lmlab"
+
+
+def test_prepare_task_sft_errors(tmp_path, capsys):
+    src = jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}] * 3)
+    out = ["--out", str(tmp_path / "o")]
+    (tmp_path / "dir").mkdir()
+    jsonl(tmp_path / "dir" / "x.jsonl", [{"prompt": "a", "completion": "b"}] * 3)
+    jsonl(tmp_path / "dir" / "y.jsonl", [{"prompt": "a", "completion": "b"}] * 3)
+    assert_one_line_error(run_cli(["prepare", str(tmp_path / "dir"), "--task", "sft", *out], capsys),
+                          "--task sft takes one JSONL or JSON file")  # fmt: skip
+    jsonl(tmp_path / "bad.jsonl", [{"text": "x"}])
+    assert_one_line_error(run_cli(["prepare", str(tmp_path / "bad.jsonl"), "--task", "sft", *out], capsys),
+                          "cannot tell the format")  # fmt: skip
+    res = run_cli(["prepare", str(src), "--task", "sft", "--format", "alpaca", *out], capsys)
+    assert_one_line_error(res, "d.jsonl:1", "alpaca record needs")
+    one = jsonl(tmp_path / "one.jsonl", [{"prompt": "a", "completion": "b"}])
+    assert_one_line_error(run_cli(["prepare", str(one), "--task", "sft", *out], capsys), "too few to hold out")
+    assert not (tmp_path / "o").exists()
+    res = run_cli(["prepare", str(src), "--task", "sft", "--tokenizer", "char", *out], capsys)
+    assert res.code == 0, res.err
+    assert_one_line_error(run_cli(["train", str(tmp_path / "o"), "seq2seq-tiny", "--out", str(tmp_path / "r")],
+                                  capsys), "holds conversations", "seq2seq")  # fmt: skip
+    (tmp_path / "o" / "val.jsonl").unlink()
+    assert_one_line_error(run_cli(["train", str(tmp_path / "o"), "tiny", "--out", str(tmp_path / "r")], capsys),
+                          "val.jsonl is missing")  # fmt: skip
+    assert not (tmp_path / "r").exists()
