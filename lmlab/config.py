@@ -75,7 +75,7 @@ def make_config(cls: Any, fields: dict[str, Any], what: str) -> Any:
 
 ARCHS = ("gpt", "rnn", "lstm", "seq2seq")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
-NORMS = ("layernorm", "rmsnorm")
+NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "swiglu", "relu2", "relu")
 
@@ -94,7 +94,7 @@ class ModelConfig:
     n_hidden: int = 0  # RNN/LSTM hidden size; 0 = n_embd
     ffn_hidden: int = 0  # feed-forward inner width; 0 = 4*n_embd (gelu/relu2/relu) or ~8/3*n_embd (swiglu)
     pos: Literal["learned", "sinusoidal", "rope", "none"] = "learned"  # positional encoding
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # normalization layer
+    norm: Literal["layernorm", "rmsnorm", "batchnorm", "none"] = "layernorm"  # normalization layer
     norm_position: Literal["pre", "post"] = "pre"  # norm before each sublayer (GPT-2) or after (original)
     activation: Literal["gelu", "swiglu", "relu2", "relu"] = "gelu"  # feed-forward activation
     bias: bool = True  # biases in linear layers and norms

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmlab import checkpoint as ckpt
 from lmlab import io
 from lmlab.errors import LmlabError
@@ -169,12 +171,143 @@ class Workspace:
             self.lmlab(["eval", run, "--data", data, "--out", out, "--device", self.device])
         return io.read_json(out)
 
+    def evaluated(self, run: Path, checkpoint: str | None = None) -> dict[str, Any]:
+        """A language model's loss on its whole validation split (``lmlab eval RUN``) with its best checkpoint (or
+        ``checkpoint``), reused while that checkpoint is the same."""
+        which = ckpt.find_checkpoint(run / "checkpoints", checkpoint)
+        out = run / f"eval-val-{which.name}.json"
+        if not out.is_file():  # in this process: a second of work does not need a child's seconds of start-up
+            from lmlab.api import evaluate
+
+            argv = ["eval", run, "--checkpoint", which.name, "--out", out, "--device", self.device]
+            with open(self.root / "commands.txt", "a", encoding="utf-8") as f:
+                f.write("lmlab " + " ".join(shlex.quote(str(a)) for a in argv) + "\n")
+            evaluate(run, checkpoint=which.name, out=out, device=self.device)
+        return io.read_json(out)
+
     def write_results(self, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
         """Write ``NAME.json`` and ``NAME.md`` in the workspace, atomically."""
         js, md = self.root / f"{name}.json", self.root / f"{name}.md"
         io.write_json(js, results)
         io.write_text(md, markdown)
         return js, md
+
+    def finish(self, name: str, results: dict[str, Any], markdown: str, figures: Sequence[Path],
+               command: str) -> dict[str, Any]:  # fmt: skip
+        """Write the results (with the command that reruns them and the versions), print the table, return them."""
+        results = {**results, "command": command, "versions": versions(), "figures": [str(f) for f in figures]}
+        markdown += f"\nCommand: `{command}`\n"
+        js, mdp = self.write_results(name, results, markdown)
+        self.say(f"wrote {mdp}, {js} and {', '.join(map(str, figures))}")
+        print(markdown)
+        return results
+
+
+def command_line(name: str, **options: Any) -> str:
+    """The ``lmlab experiment`` command that reruns an experiment with ``options`` (recorded in its results)."""
+    parts = ["lmlab", "experiment", name]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif value is not None:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def versions() -> dict[str, str]:
+    """The versions an experiment ran with: lmlab, PyTorch, Python, and the machine's CPU count."""
+    import platform
+
+    import torch
+
+    from lmlab import __version__
+
+    return {"lmlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cpus": str(os.cpu_count())}  # fmt: skip
+
+
+def text_file(ws: Workspace, stem: str, text: str, suffix: str) -> Path:
+    """``text`` in the workspace's data directory, named by a hash of its content (so a changed generator writes a
+    new file and the datasets made from it are new too); written once, atomically."""
+    path = ws.root / "data" / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:8]}{suffix}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_text(path, text)
+    return path
+
+
+def records_file(ws: Workspace, stem: str, records: Sequence[dict[str, Any]]) -> Path:
+    """``records`` as a JSONL file in the workspace's data directory (see ``text_file``)."""
+    return text_file(ws, stem, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), ".jsonl")
+
+
+def metric_rows(run: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (training windows and evaluations), oldest first."""
+    from lmlab.training.tracking import read_metrics
+
+    return read_metrics(run / "metrics.jsonl")
+
+
+def greedy_answers(run: str | Path, prompts: Sequence[str], *, max_new_tokens: int = 24,
+                   batch_size: int = 64) -> list[tuple[str, bool]]:  # fmt: skip
+    """(answer, ended) of run ``run`` for each prompt, greedy, batched. A chat model (an SFT run) answers through
+    the chat template and its reply ends at <|end|>; a base model continues ``PROMPT\\nAnswer:`` and its first line
+    is the answer (its fairest zero-shot reading; ended is then whether it wrote a newline)."""
+    from lmlab.data.tokenizer import END
+    from lmlab.generation.chat import chat_prompt, uses_template
+    from lmlab.generation.engine import generate_ids
+    from lmlab.generation.request import GenerationRequest
+    from lmlab.generation.text import detokenizer_for, encode_prompt
+    from lmlab.runs import load
+
+    loaded = load(run)
+    tok, model = loaded.tokenizer, loaded.model
+    budget = model.config.block_size - max_new_tokens
+    template = uses_template(loaded.config)
+    end = tok.token_to_id(END)
+    if template:
+        ids = [chat_prompt(tok, [{"role": "user", "content": p}], budget)[0] for p in prompts]
+        request = GenerationRequest(temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=(end,))
+    else:
+        ids = [encode_prompt(tok, p + "\nAnswer:")[-budget:] for p in prompts]
+        request = GenerationRequest(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n",))
+    out: list[tuple[str, bool]] = []
+    for i in range(0, len(ids), batch_size):
+        done = generate_ids(model, ids[i : i + batch_size], request, detokenizer=detokenizer_for(tok))
+        for c in done:
+            ended = c.finish_reason == "stop" and (c.stop == end if template else True)
+            out.append((c.text.strip(), ended))
+    return out
+
+
+def val_windows(data: Path, length: int, count: int, seed: int) -> torch.Tensor:
+    """``count`` windows of ``length + 1`` tokens (inputs and next-token targets) from a dataset's validation
+    split, at seeded random offsets: (count, length + 1) int64."""
+    import numpy as np
+
+    from lmlab.data.dataset import load_dataset
+
+    tokens = load_dataset(data).tokens("val")
+    if len(tokens) <= length + 1:
+        raise LmlabError(f"the validation split of {data} has {len(tokens)} tokens, too few for windows of {length}")
+    starts = np.random.default_rng(seed).integers(0, len(tokens) - length - 1, size=count)
+    return torch.from_numpy(np.stack([tokens[s : s + length + 1].astype(np.int64) for s in starts]))
+
+
+@torch.no_grad()
+def per_position_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 32) -> list[float]:
+    """The mean next-token loss at each position of ``windows`` (N, T + 1), positions 0 … T − 1."""
+    import torch.nn.functional as F
+
+    model.eval()
+    total = torch.zeros(windows.size(1) - 1, dtype=torch.float64)
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size]
+        logits = model(w[:, :-1]).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.transpose(1, 2).float(), w[:, 1:], reduction="none")  # (B, T)
+        total += loss.sum(0).double()
+    return (total / len(windows)).tolist()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

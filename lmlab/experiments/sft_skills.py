@@ -19,7 +19,15 @@ from typing import Any
 
 from lmlab import io
 from lmlab.experiments import gpt1_ablation
-from lmlab.experiments.common import Workspace, bar_chart, best_metrics, pick_size, require, step_seconds
+from lmlab.experiments.common import (
+    Workspace,
+    bar_chart,
+    best_metrics,
+    greedy_answers,
+    pick_size,
+    require,
+    step_seconds,
+)
 from lmlab.experiments.skills import SKILLS, Problem, make_split
 
 
@@ -59,34 +67,8 @@ def write_jsonl(path: Path, problems: Sequence[Problem]) -> Path:
 
 
 def answers(run: str | Path, problems: Sequence[Problem], *, batch_size: int = 64) -> list[tuple[str, bool]]:
-    """(answer, ended with <|end|>) of run ``run`` for each problem, greedy. A chat model (an SFT run) answers
-    through the chat template and its reply ends at <|end|>; a base model continues ``PROMPT\\nAnswer:`` and
-    its first line is the answer (ended is then whether it wrote a newline)."""
-    from lmlab.data.tokenizer import END
-    from lmlab.generation.chat import chat_prompt, uses_template
-    from lmlab.generation.engine import generate_ids
-    from lmlab.generation.request import GenerationRequest
-    from lmlab.generation.text import detokenizer_for, encode_prompt
-    from lmlab.runs import load
-
-    loaded = load(run)
-    tok, model = loaded.tokenizer, loaded.model
-    budget = model.config.block_size - 24
-    template = uses_template(loaded.config)
-    end = tok.token_to_id(END)
-    if template:
-        prompts = [chat_prompt(tok, [{"role": "user", "content": p.prompt}], budget)[0] for p in problems]
-        request = GenerationRequest(temperature=0.0, max_new_tokens=24, stop_token_ids=(end,))
-    else:
-        prompts = [encode_prompt(tok, p.prompt + "\nAnswer:")[-budget:] for p in problems]
-        request = GenerationRequest(temperature=0.0, max_new_tokens=24, stop=("\n",))
-    out: list[tuple[str, bool]] = []
-    for i in range(0, len(prompts), batch_size):
-        done = generate_ids(model, prompts[i : i + batch_size], request, detokenizer=detokenizer_for(tok))
-        for c in done:
-            ended = c.finish_reason == "stop" and (c.stop == end if template else True)
-            out.append((c.text.strip(), ended))
-    return out
+    """(answer, ended properly) of run ``run`` for each problem, greedy (``common.greedy_answers``)."""
+    return greedy_answers(run, [p.prompt for p in problems], max_new_tokens=24, batch_size=batch_size)
 
 
 def score(run: str | Path, problems: Sequence[Problem]) -> dict[str, Any]:

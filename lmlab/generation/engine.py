@@ -53,7 +53,7 @@ from lmlab.errors import LmlabError
 from lmlab.generation.request import GenerationRequest, as_request
 from lmlab.generation.sampling import SamplingParams, make_generator, sample_next, token_counts
 from lmlab.generation.sampling import top_logprobs as _top_logprobs
-from lmlab.models.layers import KVCache, LayerNorm, RMSNorm, apply_rotary
+from lmlab.models.layers import BatchNorm, KVCache, LayerNorm, RMSNorm, apply_rotary
 
 __all__ = [
     "Completion",
@@ -170,7 +170,8 @@ class _GPTStep:
             SinusoidalPositionalEncoding,
         )
 
-        if type(model) is not GPT or type(model.norm_f) not in (LayerNorm, RMSNorm, nn.Identity):
+        norms = (LayerNorm, RMSNorm, BatchNorm, nn.Identity)
+        if type(model) is not GPT or type(model.norm_f) not in norms:
             return False
         from lmlab.models.quant import QuantEmbedding
 
@@ -194,7 +195,7 @@ class _GPTStep:
                 return False
             if type(blk.attn) is not MultiHeadAttention or type(blk.mlp) is not FeedForward:
                 return False
-            if not all(type(n) in (LayerNorm, RMSNorm) for n in (blk.norm1, blk.norm2)):
+            if not all(type(n) in norms for n in (blk.norm1, blk.norm2)):
                 return False
             if blk.mlp.activation not in ("gelu", "swiglu", "relu2", "relu"):
                 return False
@@ -212,6 +213,10 @@ class _GPTStep:
             w, eps = m.weight, m.eps
             shape = w.shape
             return lambda x: torch.rms_norm(x, shape, w, eps)
+        if isinstance(m, BatchNorm):  # decoding is evaluation: the running statistics, a per-channel affine map
+            scale = m.weight * torch.rsqrt(m.running_var + m.eps)
+            shift = m.bias - m.running_mean * scale
+            return lambda x: torch.addcmul(shift, x, scale)
         return lambda x: x
 
     def __call__(self, tokens: Tensor, cache: KVCache, pos: Tensor | None, key_mask: Tensor | None) -> Tensor:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmlab.config import NORMS
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.models.linear import Linear
 
@@ -325,16 +326,27 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+class BatchNorm(nn.BatchNorm1d):
+    """BatchNorm over every token of the batch: each channel is normalized by its mean and variance across the
+    batch *and the positions* while training (running averages in eval mode). Offered to show the lecture's case
+    for LayerNorm: the statistics depend on the batch (noisy when it is small), differ between training and
+    evaluation, and in a causal model mix in later positions, which the model can exploit while training."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., C)
+        return super().forward(x.reshape(-1, x.size(-1))).view_as(x)
+
+
 def build_norm(name: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
-    """A norm layer by name: "layernorm" or "rmsnorm"."""
+    """A norm layer by name: "layernorm", "rmsnorm", "batchnorm" or "none" (the identity)."""
     if name == "layernorm":
         return LayerNorm(dim, eps, bias)
     if name == "rmsnorm":
         return RMSNorm(dim, eps)
-    choices = ("layernorm", "rmsnorm")
-    raise LmlabError(
-        f"model.norm: unknown value {name!r}{did_you_mean(name, choices)}; choose one of {', '.join(choices)}"
-    )
+    if name == "batchnorm":
+        return BatchNorm(dim, eps)
+    if name == "none":
+        return nn.Identity()
+    raise LmlabError(f"model.norm: unknown value {name!r}{did_you_mean(name, NORMS)}; choose one of {', '.join(NORMS)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ CONFIGS = {
     ),
     "nopos-postnorm-relu2": ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=16, pos="none",
                                         norm_position="post", activation="relu2", init_std=0.5),
+    "batchnorm": ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=16, norm="batchnorm",
+                             init_std=0.5),
+    # no norm lets the residual stream grow with init_std: 0.5 would give logits beyond the tests' logit biases
+    "nonorm": ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=16, norm="none", init_std=0.2),
     "rnn": ModelConfig(arch="rnn", vocab_size=V, block_size=32, n_layer=2, n_embd=16, n_hidden=24,
                        tie_embeddings=False, init_std=0.5),
     "lstm": ModelConfig(arch="lstm", vocab_size=V, block_size=32, n_layer=2, n_embd=16, n_hidden=24,
@@ -46,6 +50,11 @@ def make(name: str, seed: int = 0) -> torch.nn.Module:
         for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
+        if CONFIGS[name].norm == "batchnorm":  # running statistics of real activations, as after training
+            model.train()
+            for _ in range(20):
+                model(torch.randint(0, V, (4, 16)))
+            model.eval()
     return model
 
 

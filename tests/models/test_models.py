@@ -26,6 +26,8 @@ CONFIGS = {
     ),
     "nopos-relu2": ModelConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16, pos="none",
                                activation="relu2"),
+    "batchnorm": ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, norm="batchnorm"),
+    "nonorm": ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, norm="none"),
     "rnn": ModelConfig(arch="rnn", vocab_size=V, block_size=16, n_layer=2, n_embd=16, n_hidden=24,
                        tie_embeddings=False),
     "lstm": ModelConfig(arch="lstm", vocab_size=V, block_size=16, n_layer=2, n_embd=16, n_hidden=24,
@@ -33,7 +35,7 @@ CONFIGS = {
     "lstm-tied": ModelConfig(arch="lstm", vocab_size=V, block_size=16, n_layer=1, n_embd=16, n_hidden=24,
                              tie_embeddings=True),
 }  # fmt: skip
-GPTS = ["gpt2", "modern", "sinusoidal-post", "nopos-relu2"]
+GPTS = ["gpt2", "modern", "sinusoidal-post", "nopos-relu2", "batchnorm", "nonorm"]
 
 
 def make(name: str, seed: int = 0):
@@ -275,7 +277,7 @@ def test_tiny_model_overfits_a_small_batch():
         ({"n_embd": 30, "n_head": 4}, "model.n_embd"),
         ({"pos": "rope", "n_embd": 12, "n_head": 4}, "model.pos"),
         ({"pos": "alibi"}, "model.pos"),
-        ({"norm": "batchnorm"}, "model.norm"),
+        ({"norm": "groupnorm"}, "model.norm"),
         ({"activation": "gleu"}, "model.activation"),
         ({"n_kv_head": 3, "n_head": 4}, "model.n_kv_head"),
     ],
