@@ -409,6 +409,7 @@ class TrainConfig:
     warmup_steps: int = 100  # steps of linear warmup from 0 to lr
     decay_fraction: float = 0.2  # wsd: the final share of steps that decays to min_lr
     weight_decay: float = 0.1  # decoupled weight decay, on weight matrices only
+    embedding_decay: bool = False  # decay the embedding tables too (nanoGPT does; grokking needs it)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
     eps: float = 1e-8  # AdamW epsilon

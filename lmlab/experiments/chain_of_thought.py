@@ -29,6 +29,7 @@ from lmlab.experiments.common import (
     greedy_answers,
     pick_size,
     records_file,
+    train_seconds,
 )
 
 NAME = "chain-of-thought"
@@ -148,7 +149,7 @@ def run(
             em = {d: 100 * sum(v) / len(v) for d, v in sorted(by_len.items())}
             trained = [em[d] for d in sz.train_digits]
             rows.append({
-                "format": fmt, "run": str(step.path), "seconds": step.seconds, "exact_match": em,
+                "format": fmt, "run": str(step.path), "seconds": train_seconds(step.path), "exact_match": em,
                 "in_distribution": sum(trained) / len(trained),
                 "longer": {d: em[d] for d in sz.longer_digits},
                 "val_exact": best_metrics(step.path).get("val_exact"),
@@ -197,7 +198,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "| --- | " + " | ".join("---:" for _ in lengths) + " | ---: | ---: |",
     ]
     for row in r["rows"]:
-        secs = f"{row['seconds']:.0f}" if row["seconds"] else "(reused)"
+        secs = f"{row['seconds']:.0f}" if row["seconds"] is not None else ""
         cells = " | ".join(f"{row['exact_match'][d]:.1f}" for d in lengths)
         lines.append(f"| {row['format']} | {cells} | **{row['in_distribution']:.1f}** | {secs} |")
     ex = r["rows"][1]["example"]

@@ -310,6 +310,12 @@ def per_position_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size:
     return (total / len(windows)).tolist()
 
 
+def train_seconds(run: Path) -> float | None:
+    """Seconds a run spent training (its last logged ``elapsed_s``; resumes included), the same when it is reused."""
+    rows = [r for r in metric_rows(run) if "elapsed_s" in r]
+    return rows[-1]["elapsed_s"] if rows else None
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmlab.experiments.common import Workspace, command_line, greedy_answers, pick_size, records_file
+from lmlab.experiments.common import Workspace, command_line, greedy_answers, pick_size, records_file, train_seconds
 
 NAME = "complexity"
 LAYERS = ("self-attention", "lstm", "rnn", "conv")
@@ -251,7 +251,7 @@ def probe(ws: Workspace, sz: Size, seed: int) -> dict[str, Any]:
         for n, problems in tests.items():
             got = greedy_answers(step.path, [p["prompt"] for p in problems], max_new_tokens=1, batch_size=128)
             accuracy[n] = 100 * sum(t[:1] == p["completion"] for (t, _), p in zip(got, problems)) / len(problems)
-        rows[kind] = {"run": str(step.path), "seconds": step.seconds, "accuracy": accuracy}
+        rows[kind] = {"run": str(step.path), "seconds": train_seconds(step.path), "accuracy": accuracy}
     return {"length": length, "rows": rows}
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmlab.experiments.common import Workspace, command_line, pick_size, require, val_windows
+from lmlab.experiments.common import Workspace, command_line, pick_size, require, train_seconds, val_windows
 
 NAME = "context"
 
@@ -107,8 +107,8 @@ def run(
             model = load(step.path, device="cpu").model
             curve = {c: loss_with_context(model, windows, c) for c in context_lengths(longest[kind])}
             ws.say(f"{kind}: " + ", ".join(f"c={c}: {v:.3f}" for c, v in curve.items()))
-            rows.append({"model": kind, "run": str(step.path), "seconds": step.seconds, "params": model.num_params(),
-                         "curve": curve, "used": used_context(curve)})  # fmt: skip
+            rows.append({"model": kind, "run": str(step.path), "seconds": train_seconds(step.path),
+                         "params": model.num_params(), "curve": curve, "used": used_context(curve)})  # fmt: skip
         results = {"experiment": NAME, "size": name, "settings": asdict(sz), "seed": seed, "rows": rows}
         png = _figure(ws.root / f"{NAME}.png", results)
         return ws.finish(NAME, results, _markdown(results), [png], command_line(NAME, out=out, size=name, seed=seed))

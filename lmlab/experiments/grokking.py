@@ -3,8 +3,9 @@
 Every problem ``a + b =`` → ``(a + b) mod p`` for a, b in 0 … p−1 is written as a conversation (the numbers are
 words of a word tokenizer, one token each), a seeded ``train_fraction`` of them is the training set and the rest
 is held out (``lmlab prepare FILE --task sft``). A 2-layer Transformer is trained from random weights on the
-answer tokens only (``lmlab train DATA tiny --model.* --train.*``) with AdamW and strong weight decay, and once
-more with weight decay 0, the ablation the paper is known for. The sft objective logs the share of training
+answer tokens only (``lmlab train DATA tiny --model.* --train.*``) with AdamW and strong weight decay on every
+matrix, the embeddings included (``--train.embedding-decay``: without it grokking came several times later), and
+once more with weight decay 0, the ablation the paper is known for. The sft objective logs the share of training
 batches answered exactly (``train_exact``) and, at each evaluation, of every held-out problem (``val_exact``);
 the figure plots both against the step on a log axis. Writes ``grokking.{md,json,png}`` in the workspace.
 """
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.experiments.common import Workspace, command_line, metric_rows, pick_size, records_file
+from lmlab.experiments.common import Workspace, command_line, metric_rows, pick_size, records_file, train_seconds
 
 NAME = "grokking"
 
@@ -28,7 +29,7 @@ class Size:
     steps: int
     batch_size: int
     eval_every: int
-    weight_decay: float = 1.0
+    weight_decay: float = 1.5  # AdamW's decoupled decay, on every matrix including the embeddings
     lr: float = 1e-3
     n_layer: int = 2
     n_embd: int = 128
@@ -36,11 +37,14 @@ class Size:
 
 
 SIZES = {
-    "full": Size(p=97, train_fraction=0.3, steps=3000, batch_size=256, eval_every=25),
+    "full": Size(p=97, train_fraction=0.3, steps=3000, batch_size=256, eval_every=50),
     "quick": Size(p=47, train_fraction=0.4, steps=600, batch_size=128, eval_every=25, n_embd=64),
     "test": Size(p=11, train_fraction=0.5, steps=6, batch_size=16, eval_every=3, n_embd=16),
 }
-REACHED = 0.99  # "near 100%": the accuracy a curve must reach to count as learned
+# "train accuracy near 100% long before validation accuracy rises, and validation >= 99% in the end"
+MEMORIZED = 0.95  # train accuracy "near 100%" (a training batch's accuracy is noisy: it rarely stays at 100%)
+RISEN = 0.5  # held-out accuracy has "risen" (chance is 1/p)
+REACHED = 0.99  # held-out accuracy at the end
 
 
 def problems(p: int) -> list[dict[str, str]]:
@@ -97,22 +101,23 @@ def run(
                 "--model.n-embd", sz.n_embd, "--model.block-size", 16, "--model.no-tie-embeddings",
                 "--train.batch-size", sz.batch_size, "--train.max-steps", sz.steps, "--train.lr", sz.lr,
                 "--train.min-lr", sz.lr, "--train.schedule", "constant", "--train.warmup-steps", 10,
-                "--train.weight-decay", wd, "--train.beta2", 0.98, "--train.eval-every", sz.eval_every,
-                "--train.eval-steps", 1_000_000, "--train.log-every", sz.eval_every, "--train.sample-tokens", 0,
+                "--train.weight-decay", wd, "--train.embedding-decay", "--train.beta2", 0.98,
+                "--train.eval-every", sz.eval_every, "--train.eval-steps", 1_000_000,
+                "--train.log-every", sz.eval_every, "--train.sample-tokens", 0,
                 "--train.save-every", max(sz.steps // 4, 1), "--train.seed", seed,
             ]  # fmt: skip
             step = ws.trained(f"runs/wd{wd:g}", argv)
             c = curves(step.path)
-            train_at, val_at = first_step(c["train"], REACHED), first_step(c["val"], REACHED)
             rows.append({
-                "weight_decay": wd, "run": str(step.path), "seconds": step.seconds,
-                "train_reached_step": train_at, "val_reached_step": val_at,
+                "weight_decay": wd, "run": str(step.path), "seconds": train_seconds(step.path),
+                "train_memorized_step": first_step(c["train"], MEMORIZED),
+                "val_risen_step": first_step(c["val"], RISEN), "val_reached_step": first_step(c["val"], REACHED),
                 "final_train": c["train"][-1][1], "final_val": c["val"][-1][1], "max_val": max(v for _, v in c["val"]),
                 "curves": c,
             })  # fmt: skip
         with_wd, without = rows
-        delay = (with_wd["val_reached_step"] / with_wd["train_reached_step"]
-                 if with_wd["val_reached_step"] and with_wd["train_reached_step"] else None)  # fmt: skip
+        delay = (with_wd["val_risen_step"] / with_wd["train_memorized_step"]
+                 if with_wd["val_risen_step"] and with_wd["train_memorized_step"] else None)  # fmt: skip
         results = {
             "experiment": NAME,
             "size": name,
@@ -124,7 +129,7 @@ def run(
             "claims": {
                 "memorized_first": bool(delay and delay >= 2),
                 "val_at_least_99": with_wd["final_val"] >= REACHED,
-                "no_rise_without_decay": without["max_val"] < 0.5,
+                "no_rise_without_decay": without["max_val"] < RISEN,
             },
         }
         png = _figure(ws.root / f"{NAME}.png", results)
@@ -160,23 +165,23 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{100 * s['train_fraction']:.0f}% trained on; {s['n_layer']} layers, width {s['n_embd']}, AdamW lr "
         f"{s['lr']:g}, batch {s['batch_size']}, {s['steps']:,} steps)",
         "",
-        f"| weight decay | train ≥ {REACHED:.0%} at step | held-out ≥ {REACHED:.0%} at step | final train | "
-        "final held-out | best held-out | seconds |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| weight decay | train ≥ {MEMORIZED:.0%} at step | held-out ≥ {RISEN:.0%} at step | held-out ≥ "
+        f"{REACHED:.0%} at step | final train | final held-out | best held-out | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in r["rows"]:
-        secs = f"{row['seconds']:.0f}" if row["seconds"] else "(reused)"
+        secs = f"{row['seconds']:.0f}" if row["seconds"] is not None else ""
         lines.append(
-            f"| {row['weight_decay']:g} | {row['train_reached_step'] or 'never'} | {row['val_reached_step'] or 'never'}"
-            f" | {100 * row['final_train']:.1f}% | {100 * row['final_val']:.1f}% | {100 * row['max_val']:.1f}% | "
-            f"{secs} |"
+            f"| {row['weight_decay']:g} | {row['train_memorized_step'] or 'never'} | "
+            f"{row['val_risen_step'] or 'never'} | {row['val_reached_step'] or 'never'} | "
+            f"{100 * row['final_train']:.1f}% | {100 * row['final_val']:.1f}% | {100 * row['max_val']:.1f}% | {secs} |"
         )
     c = r["claims"]
     delay = f"{r['delay']:.1f}× the steps" if r["delay"] else "n/a"
     lines += [
         "",
         f"- Train accuracy near 100% long before held-out accuracy rises: {'yes' if c['memorized_first'] else 'no'} "
-        f"(held-out reached {REACHED:.0%} after {delay} train did).",
+        f"(held-out passed {RISEN:.0%} after {delay} train passed {MEMORIZED:.0%}).",
         f"- Held-out accuracy ≥ 99% at the end: {'yes' if c['val_at_least_99'] else 'no'}.",
         f"- Without weight decay held-out accuracy does not rise in the same budget: "
         f"{'yes' if c['no_rise_without_decay'] else 'no'} (best {100 * r['rows'][1]['max_val']:.1f}%).",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.experiments.common import Workspace, command_line, metric_rows, pick_size, require
+from lmlab.experiments.common import Workspace, command_line, metric_rows, pick_size, require, train_seconds
 
 NAME = "normalization"
 NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
@@ -80,7 +80,7 @@ def run(
                 train = [r["train_loss"] for r in metric_rows(step.path) if "train_loss" in r]
                 rows.append({
                     "norm": norm, "batch_size": batch, "steps": steps, "run": str(step.path),
-                    "seconds": step.seconds, "val_loss": ws.evaluated(step.path, "latest")["loss"],
+                    "seconds": train_seconds(step.path), "val_loss": ws.evaluated(step.path, "latest")["loss"],
                     "train_loss": train[-1] if train else None,
                 })  # fmt: skip
         results = {"experiment": NAME, "size": name, "settings": asdict(sz), "seed": seed, "rows": rows,

@@ -27,6 +27,7 @@ from lmlab.experiments.common import (
     per_position_loss,
     pick_size,
     require,
+    train_seconds,
     val_windows,
 )
 
@@ -121,8 +122,8 @@ def run(
             upto = sz.block_size if pos == "learned" else length  # a learned table ends at the block size
             losses = per_position_loss(model, windows[:, : upto + 1])
             spans = {f"{a}-{b}": _mean(losses, a, b) for a, b in _spans(sz)}
-            rows.append({"pos": pos, "run": str(step.path), "seconds": step.seconds, "loss_by_position": losses,
-                         "spans": spans})  # fmt: skip
+            rows.append({"pos": pos, "run": str(step.path), "seconds": train_seconds(step.path),
+                         "loss_by_position": losses, "spans": spans})  # fmt: skip
         results = {"experiment": NAME, "size": name, "settings": asdict(sz), "seed": seed,
                    "identity_max_error": identity, "rows": rows}  # fmt: skip
         figs = [_loss_figure(ws.root / f"{NAME}.png", results), _matrix_figure(ws.root / f"{NAME}-matrix.png", sz)]

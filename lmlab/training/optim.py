@@ -8,24 +8,33 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decoupled weight decay on weight matrices only: not on norms, biases or embeddings.
+def param_groups(model: nn.Module, weight_decay: float, embeddings: bool = False) -> list[dict]:
+    """Decoupled weight decay on weight matrices only: not on norms, biases, or (unless ``embeddings``) the token
+    embedding tables.
 
-    Embeddings are left out because decay pulls rarely seen tokens' vectors to zero, and a tied output
-    layer shares the embedding's tensor (parameters are deduplicated by identity, so it is counted once).
+    Embeddings are left out by default because decay pulls rarely seen tokens' vectors to zero, and a tied output
+    layer shares the embedding's tensor (parameters are deduplicated by identity, so it is counted once). Decaying
+    them too (nanoGPT's choice) matters where every token is seen often and the embedding itself must become
+    simple, as in grokking.
     """
     embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     decay, no_decay = [], []
     for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():
-        (decay if p.dim() >= 2 and id(p) not in embedding_params else no_decay).append(p)
+        (decay if p.dim() >= 2 and (embeddings or id(p) not in embedding_params) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_adamw(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float, device: torch.device
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    device: torch.device,
+    embedding_decay: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW with the fused kernel where PyTorch has one for the device (CUDA and CPU), else foreach."""
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, embedding_decay)
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, TypeError):

@@ -477,7 +477,9 @@ class RLTrainer:
         if self.value_model is not None:
             parts["value_model"] = self.value_model
         self.params = [p for p in parts.parameters() if p.requires_grad]
-        self.optimizer = make_adamw(parts, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device)
+        self.optimizer = make_adamw(
+            parts, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device, cfg.embedding_decay
+        )
         self.kl_coef = opts.kl_coef
         self.rollout_rows = cfg.batch_size * (getattr(opts, "group_size", 1) if method == "grpo" else 1)
         self.cursor = PromptCursor(len(train.ids), cfg.batch_size, cfg.seed)

@@ -94,7 +94,9 @@ class Trainer:
         else:
             self.accum = cfg.grad_accum
         self.tokens_per_step = tokens_per_micro * self.accum
-        self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device)
+        self.optimizer = make_adamw(
+            model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device, cfg.embedding_decay
+        )
         self.scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
         self.train_loader = self._batches("train")
         # fail now, not at the first evaluation, when the validation split cannot fill one batch

@@ -56,3 +56,20 @@ def test_a_loop_of_its_own_from_the_trainers_parts(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert ckpt.load_trainer_state(tmp_path / "checkpoints" / "step-00000003")["step"] == 3
+
+
+def test_weight_decay_reaches_embeddings_only_when_asked():
+    from lmlab.training.optim import param_groups
+
+    cfg = dataclasses.replace(get_preset("tiny").model, vocab_size=11, tie_embeddings=False)
+    model = build_model(cfg)
+    decayed = {id(p) for p in param_groups(model, 0.1)[0]["params"]}
+    assert id(model.wte.weight) not in decayed  # the token table; the position table is a matrix like the others
+    assert id(model.lm_head.weight) in decayed and id(model.blocks[0].attn.qkv.weight) in decayed
+    assert all(p.dim() >= 2 for p in param_groups(model, 0.1)[0]["params"])
+    with_emb = param_groups(model, 0.1, embeddings=True)
+    decayed = {id(p) for p in with_emb[0]["params"]}
+    assert id(model.wte.weight) in decayed and id(model.lm_head.weight) in decayed
+    assert not any(p.dim() < 2 for p in with_emb[0]["params"])  # norms and biases never
+    n = sum(p.numel() for g in with_emb for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())  # every parameter in exactly one group
