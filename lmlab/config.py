@@ -393,6 +393,7 @@ register_preset(
 
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+OPTIMIZERS = ("adamw", "muon", "sgd", "adafactor")
 
 
 @dataclass
@@ -403,6 +404,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (overridden by tokens_per_step)
     tokens_per_step: int = 0  # target tokens per optimizer step over all processes; 0 = use grad_accum
     max_steps: int = 2000  # optimizer steps in total
+    optimizer: Literal["adamw", "muon", "sgd", "adafactor"] = "adamw"  # muon: Muon on hidden matrices + AdamW
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-4  # final learning rate of the decay
     schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # shape after warmup
@@ -456,6 +458,7 @@ class TrainConfig:
             raise LmlabError(f"--train.decay-fraction must be in (0, 1], got {self.decay_fraction}")
         for name, allowed in (
             ("schedule", SCHEDULES),
+            ("optimizer", OPTIMIZERS),
             ("precision", ("auto", "fp32", "bf16", "fp16")),
             ("on_nan", ("stop", "skip")),
             ("track", ("tensorboard", "wandb", "none")),

@@ -267,6 +267,11 @@ def resume(run_dir: Path, data: str | Path | None, model_over: dict, train_over:
         for k in train_over
         if getattr(saved_train, k) != getattr(train_cfg, k)
     }
+    if "optimizer" in changes:
+        raise LmlabError(
+            f"cannot change --train.optimizer on resume ({changes['optimizer'][0]} -> {changes['optimizer'][1]}): the "
+            "checkpoint holds that optimizer's state; start a new run with --out, or --init-from this one"
+        )
     step = int(ckpt.read_state(path).get("step", 0))
     if train_cfg.max_steps < step:
         raise LmlabError(

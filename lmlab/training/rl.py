@@ -477,6 +477,8 @@ class RLTrainer:
         if self.value_model is not None:
             parts["value_model"] = self.value_model
         self.params = [p for p in parts.parameters() if p.requires_grad]
+        if cfg.optimizer != "adamw":
+            raise LmlabError(f"--train.optimizer {cfg.optimizer}: {method} trains with adamw only")
         self.optimizer = make_adamw(
             parts, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device, cfg.embedding_decay
         )

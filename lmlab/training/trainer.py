@@ -28,7 +28,7 @@ from lmlab import runtime
 from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.objectives.base import Batches, LossOut, Objective
-from lmlab.training.optim import lr_at, make_adamw
+from lmlab.training.optim import lr_at, make_optimizer
 from lmlab.training.signals import StopRequest
 from lmlab.training.tracking import make_tracker
 
@@ -94,9 +94,7 @@ class Trainer:
         else:
             self.accum = cfg.grad_accum
         self.tokens_per_step = tokens_per_micro * self.accum
-        self.optimizer = make_adamw(
-            model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, rt.device, cfg.embedding_decay
-        )
+        self.optimizer = make_optimizer(model, cfg, rt.device)
         self.scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
         self.train_loader = self._batches("train")
         # fail now, not at the first evaluation, when the validation split cannot fill one batch
