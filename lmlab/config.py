@@ -434,6 +434,8 @@ class TrainConfig:
     track: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # experiment tracker besides metrics.jsonl
     wandb_project: str = "lmlab"  # W&B project name
     progress: bool = True  # show the live progress bar
+    power_watts: float = 0.0  # energy: assume this many watts; 0 = read RAPL/NVML counters, else a stated estimate
+    carbon_intensity: float = 480.0  # grams of CO2 per kWh for the CO2 estimate (world average, IEA 2023)
 
     def __post_init__(self) -> None:
         check_types(self, "--train.")
@@ -454,6 +456,11 @@ class TrainConfig:
             raise LmlabError(f"AdamW betas must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.save_every_minutes < 0:
             raise LmlabError("--train.grad-clip, --train.weight-decay and --train.save-every-minutes must be >= 0")
+        if self.power_watts < 0 or self.carbon_intensity < 0:
+            raise LmlabError(
+                f"--train.power-watts and --train.carbon-intensity must be >= 0, got {self.power_watts:g} and "
+                f"{self.carbon_intensity:g}"
+            )
         if not 0 < self.decay_fraction <= 1:
             raise LmlabError(f"--train.decay-fraction must be in (0, 1], got {self.decay_fraction}")
         for name, allowed in (

@@ -200,6 +200,7 @@ def fit(
             )
             print(
                 f"{result.status}: step {result.step}, {result.tokens_seen:,} tokens, {took:.1f}s{best}; "
+                f"{result.energy_kwh:.4f} kWh, {1000 * result.co2_kg:.1f} g CO2 ({result.energy_source}); "
                 f"run directory {run_dir}",
                 file=sys.stderr,
             )
@@ -543,8 +544,9 @@ def _fit_rl(model, method, data, opts, train_cfg, run_dir, rt, tokenizer, templa
         if rt.is_main:
             best = (f"; best {train_cfg.best_metric} {list(result.best.values())[1]:.4f} ({result.best['checkpoint']})"
                     if result.best else "")  # fmt: skip
-            print(f"{result.status}: step {result.step}, {time.perf_counter() - t0:.1f}s{best}; run directory "
-                  f"{run_dir}", file=sys.stderr)  # fmt: skip
+            print(f"{result.status}: step {result.step}, {time.perf_counter() - t0:.1f}s{best}; "
+                  f"{result.energy_kwh:.4f} kWh, {1000 * result.co2_kg:.1f} g CO2 ({result.energy_source}); "
+                  f"run directory {run_dir}", file=sys.stderr)  # fmt: skip
         result.raise_if_interrupted()
         return result
     finally:

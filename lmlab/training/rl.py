@@ -51,6 +51,7 @@ from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError
 from lmlab.eval.reward import Transform
 from lmlab.objectives.base import FinetuneOptions, holdout
+from lmlab.training.energy import EnergyMeter, kwh
 from lmlab.training.optim import lr_at, make_adamw
 from lmlab.training.signals import StopRequest
 from lmlab.training.tracking import make_tracker
@@ -496,6 +497,9 @@ class RLTrainer:
             every_minutes=cfg.save_every_minutes,
         )
         self.step, self.responses_seen, self.tokens_seen, self.elapsed_before = 0, 0, 0, 0.0
+        self.energy_before = 0.0
+        self.meter = EnergyMeter(rt.device.type, torch.get_num_threads(), cfg.power_watts,
+                                 device_index=rt.device.index or 0)  # fmt: skip
         self.t0 = time.monotonic()
         if resume_from is not None:
             self._restore(resume_from)
@@ -516,7 +520,12 @@ class RLTrainer:
             "tokens_seen": self.tokens_seen,
             "responses_seen": self.responses_seen,
             "elapsed_s": self.elapsed_before + time.monotonic() - self.t0,
+            "energy_j": self.energy_before + self.meter.joules(),
         }
+
+    def _energy(self) -> dict[str, float]:
+        used = kwh(self.energy_before + self.meter.joules())
+        return {"energy_kwh": used, "co2_kg": used * self.cfg.carbon_intensity / 1000}
 
     def _restore(self, path: Path) -> None:
         ckpt.load_weights(self.policy, path, self.rt.device)
@@ -536,6 +545,7 @@ class RLTrainer:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.responses_seen = int(state["responses_seen"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.energy_before = float(state.get("energy_j", 0.0))
 
     def _save(self, metrics: dict[str, Any]) -> None:
         if not self.rt.is_main:
@@ -737,6 +747,7 @@ class RLTrainer:
         self.stop.install()
         status, last_eval = "finished", {}
         self.t0 = time.monotonic()
+        self.meter.reset()
         try:
             while self.step < cfg.max_steps:
                 if self.stop.signum is not None:
@@ -767,7 +778,8 @@ class RLTrainer:
                         bar.write(line)
                 if self.tracker is not None:
                     elapsed = self.elapsed_before + time.monotonic() - self.t0
-                    seen = {"tokens": self.tokens_seen, "responses": self.responses_seen, "elapsed_s": elapsed}
+                    seen = {"tokens": self.tokens_seen, "responses": self.responses_seen, "elapsed_s": elapsed,
+                            **self._energy()}  # fmt: skip
                     self.tracker.log(self.step, {**seen, **row})
                 if bar is not None:
                     bar.set_postfix_str(
@@ -784,7 +796,8 @@ class RLTrainer:
                 bar.close()
             if self.tracker is not None:
                 self.tracker.close()
-        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, last_eval, signum=self.stop.signum)
+        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, last_eval, signum=self.stop.signum,
+                             energy_source=self.meter.describe(), **self._energy())  # fmt: skip
         best = self.ckpts.ranked()
         if best:
             result.best = {

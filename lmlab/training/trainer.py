@@ -28,6 +28,7 @@ from lmlab import runtime
 from lmlab.config import TrainConfig
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.objectives.base import Batches, LossOut, Objective
+from lmlab.training.energy import EnergyMeter, kwh
 from lmlab.training.optim import lr_at, make_optimizer
 from lmlab.training.signals import StopRequest
 from lmlab.training.tracking import make_tracker
@@ -42,6 +43,9 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
     best: dict[str, Any] = field(default_factory=dict)  # best checkpoint name and metric
     signum: int | None = None  # the signal that interrupted it (SIGINT or SIGTERM)
+    energy_kwh: float = 0.0  # energy of the whole run, resumes included
+    co2_kg: float = 0.0  # its estimated CO2
+    energy_source: str = ""  # rapl | nvml | estimate, and how (EnergyMeter.describe)
 
     def raise_if_interrupted(self) -> None:
         """After an interrupted run was saved and reported: KeyboardInterrupt (Ctrl-C) or Terminated (SIGTERM), so
@@ -117,6 +121,9 @@ class Trainer:
         )
         self.step, self.tokens_seen = 0, 0
         self.elapsed_before = 0.0  # wall time of the run before this process (resume)
+        self.energy_before = 0.0  # joules of the run before this process (resume)
+        self.meter = EnergyMeter(rt.device.type, torch.get_num_threads(), cfg.power_watts,
+                                 device_index=rt.device.index or 0, clock=clock)  # fmt: skip
         self.fit_start = clock()
         self.last_eval: dict[str, Any] = {}
         self.skipped_steps = 0
@@ -156,6 +163,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
             "elapsed_s": self.elapsed(),
+            "energy_j": self.energy_joules(),
             "log_window": {
                 "loss_sum": self.window["loss_sum"].detach().cpu().clone(),
                 "log_sums": {k: v.detach().cpu().clone() for k, v in self.window["log_sums"].items()},
@@ -179,9 +187,18 @@ class Trainer:
         runtime.set_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.energy_before = float(state.get("energy_j", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if "log_window" in state:  # older checkpoints: the window restarts
             self.window = dict(state["log_window"])
+
+    def energy_joules(self) -> float:
+        """Joules used by the run so far, across resumes (``lmlab.training.energy``)."""
+        return self.energy_before + self.meter.joules()
+
+    def _energy(self) -> dict[str, float]:
+        used = kwh(self.energy_joules())
+        return {"energy_kwh": used, "co2_kg": used * self.cfg.carbon_intensity / 1000}
 
     def elapsed(self) -> float:
         """Wall-clock seconds of training so far, across resumes."""
@@ -277,6 +294,7 @@ class Trainer:
         self.stop.install()
         status = "finished"
         self.fit_start = self.clock()
+        self.meter.reset()
         window_start = self.fit_start
         # the log window (the steps since the last log row): restored on resume, so that the row after a resume
         # averages the same steps as an uninterrupted run's. good = not skipped (non-finite)
@@ -335,6 +353,7 @@ class Trainer:
                         grad_norm=float(grad_norm),
                         tok_per_s=tps,
                         mfu=tps * flops_per_token / (peak * rt.world_size),
+                        **self._energy(),
                     )
                     row.update({f"train_{k}": self._all_mean(v / window_steps) for k, v in log_sums.items()})
                     log_sums.clear()
@@ -369,7 +388,8 @@ class Trainer:
             if tracker is not None:
                 tracker.close()
         best = self.ckpts.ranked()
-        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, self.last_eval, signum=self.stop.signum)
+        result = TrainResult(self.run_dir, self.step, self.tokens_seen, status, self.last_eval, signum=self.stop.signum,
+                             energy_source=self.meter.describe(), **self._energy())  # fmt: skip
         if best:
             result.best = {
                 "checkpoint": best[0],
