@@ -228,3 +228,17 @@ def lineage(run_dir: str | Path) -> list[dict[str, Any]]:
         chain.append(entry)
         path = Path(parent["run"]) if parent else None
     return chain
+
+
+def run_finished(run: Path) -> bool:
+    """Whether ``run`` trained to its last step (its latest checkpoint is at train.max_steps)."""
+    try:
+        cfg = io.read_json(run / "config.json")
+        state = ckpt.read_state(ckpt.find_checkpoint(run / "checkpoints", "latest"))
+    except (LmlabError, OSError, ValueError):
+        return False
+    return int(state.get("step", -1)) >= int(cfg["train"]["max_steps"])
+
+
+def has_checkpoint(run: Path) -> bool:
+    return (run / "checkpoints").is_dir() and bool(ckpt.list_checkpoints(run / "checkpoints"))

@@ -33,6 +33,7 @@ CASES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "quantize": (["runs/x", "--out", "runs/y"], ["--group-size", "wide"], []),
     "serve": (["runs/x"], ["--port", "http"], []),
     "rag": (["search", "idx", "query"], ["-k", "many"], ["search"]),
+    "scaling": (["predict", "sweep"], ["--params", "big"], ["predict"]),
 }
 
 

@@ -44,6 +44,7 @@ VERBS: dict[str, Verb] = {
     "attention": Verb("lmlab.cli.attention", "draw every head's attention weights on a text as a PNG"),
     "translate": Verb("lmlab.cli.translate", "translate sentences or a file with a seq2seq run (greedy or beam)"),
     "rag": Verb("lmlab.cli.rag", "retrieval: index documents (BM25, dense), search them, measure recall"),
+    "scaling": Verb("lmlab.cli.scaling", "scaling laws: sweep model sizes, fit power laws, predict a bigger model"),
     "serve": Verb("lmlab.cli.serve", "serve runs over an OpenAI-compatible HTTP API, with a chat page"),
     "experiment": Verb(
         "lmlab.cli.experiment", "run an experiment end to end: gpt1-ablation, sft-skills, sentiment-rlhf"

@@ -31,6 +31,7 @@ import torch
 from lmlab import checkpoint as ckpt
 from lmlab import io
 from lmlab.errors import LmlabError
+from lmlab.runs import has_checkpoint, run_finished
 
 
 @dataclass
@@ -61,20 +62,6 @@ def pick_size(sizes: dict[str, Any], size: str | None, quick: bool) -> tuple[str
     if name not in sizes:
         raise LmlabError(f"unknown size {name!r}; sizes are {', '.join(sizes)}")
     return name, sizes[name]
-
-
-def run_finished(run: Path) -> bool:
-    """Whether ``run`` trained to its last step (its latest checkpoint is at train.max_steps)."""
-    try:
-        cfg = io.read_json(run / "config.json")
-        state = ckpt.read_state(ckpt.find_checkpoint(run / "checkpoints", "latest"))
-    except (LmlabError, OSError, ValueError):
-        return False
-    return int(state.get("step", -1)) >= int(cfg["train"]["max_steps"])
-
-
-def has_checkpoint(run: Path) -> bool:
-    return (run / "checkpoints").is_dir() and bool(ckpt.list_checkpoints(run / "checkpoints"))
 
 
 class Workspace:
