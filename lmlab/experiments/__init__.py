@@ -61,6 +61,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "lmlab.experiments.memorization",
         "models of 3 sizes, more and more epochs: exact extraction of training vs held-out text, beside val loss",
     ),
+    "optimizers": Experiment(
+        "lmlab.experiments.optimizers",
+        "AdamW vs Muon vs SGD vs Adafactor on one model, each at its swept best lr: loss vs wall clock and tokens",
+    ),
     "sft-skills": Experiment(
         "lmlab.experiments.sft_skills",
         "SFT a books-pretrained base on 5 generated skills: exact match of base, full SFT and LoRA",

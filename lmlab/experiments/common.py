@@ -190,9 +190,9 @@ class Workspace:
         return results
 
 
-def command_line(name: str, **options: Any) -> str:
+def command_line(name: str, *positional: Any, **options: Any) -> str:
     """The ``lmlab experiment`` command that reruns an experiment with ``options`` (recorded in its results)."""
-    parts = ["lmlab", "experiment", name]
+    parts = ["lmlab", "experiment", name, *(str(p) for p in positional if p is not None)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
