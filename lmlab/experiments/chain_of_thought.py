@@ -27,6 +27,7 @@ from lmlab.experiments.common import (
     best_metrics,
     command_line,
     greedy_answers,
+    metric_rows,
     pick_size,
     records_file,
     train_seconds,
@@ -153,7 +154,7 @@ def run(
                 "in_distribution": sum(trained) / len(trained),
                 "longer": {d: em[d] for d in sz.longer_digits},
                 "val_exact": best_metrics(step.path).get("val_exact"),
-                "train_tokens_per_step": sz.batch_size * sz.block_size,
+                "train_tokens": next((r["tokens"] for r in reversed(metric_rows(step.path)) if "tokens" in r), None),
                 "example": {"problem": f"{test[0][0]}+{test[0][1]}", "reply": got[0][0]},
             })  # fmt: skip
         gap = rows[1]["in_distribution"] - rows[0]["in_distribution"]
@@ -194,13 +195,13 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{r['test_problems']:,} held-out; {s['n_layer']} layers, width {s['n_embd']}, {s['steps']:,} steps of "
         f"{s['batch_size']} × {s['block_size']} tokens each, exact match %, greedy)",
         "",
-        "| reply | " + " | ".join(f"{d} digits" for d in lengths) + " | trained lengths | seconds |",
+        "| reply | " + " | ".join(f"{d} digits" for d in lengths) + " | trained lengths | tokens trained on |",
         "| --- | " + " | ".join("---:" for _ in lengths) + " | ---: | ---: |",
     ]
     for row in r["rows"]:
-        secs = f"{row['seconds']:.0f}" if row["seconds"] is not None else ""
+        tokens = f"{row['train_tokens']:,}" if row.get("train_tokens") else ""
         cells = " | ".join(f"{row['exact_match'][d]:.1f}" for d in lengths)
-        lines.append(f"| {row['format']} | {cells} | **{row['in_distribution']:.1f}** | {secs} |")
+        lines.append(f"| {row['format']} | {cells} | **{row['in_distribution']:.1f}** | {tokens} |")
     ex = r["rows"][1]["example"]
     lines += [
         "",

@@ -59,7 +59,7 @@ class Size:
     distances: tuple[int, ...] = (2, 8, 32, 64, 128)
     probe_train: int = 20_000
     probe_test: int = 100  # per distance
-    probe_steps: int = 1000
+    probe_steps: int = 3000
     probe_batch: int = 32
 
 

@@ -2,7 +2,7 @@
 
 Every problem ``a + b =`` → ``(a + b) mod p`` for a, b in 0 … p−1 is written as a conversation (the numbers are
 words of a word tokenizer, one token each), a seeded ``train_fraction`` of them is the training set and the rest
-is held out (``lmlab prepare FILE --task sft``). A 2-layer Transformer is trained from random weights on the
+is held out (``lmlab prepare FILE --task sft``). A one-layer Transformer is trained from random weights on the
 answer tokens only (``lmlab train DATA tiny --model.* --train.*``) with AdamW and strong weight decay on every
 matrix, the embeddings included (``--train.embedding-decay``: without it grokking came several times later), and
 once more with weight decay 0, the ablation the paper is known for. The sft objective logs the share of training
@@ -31,7 +31,7 @@ class Size:
     eval_every: int
     weight_decay: float = 1.5  # AdamW's decoupled decay, on every matrix including the embeddings
     lr: float = 1e-3
-    n_layer: int = 2
+    n_layer: int = 1  # one block, as in Nanda et al. (2023): two grokked later and less reliably across seeds
     n_embd: int = 128
     n_head: int = 4
 
@@ -162,8 +162,8 @@ def _markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
     lines = [
         f"Grokking on a + b mod {s['p']} ({r['size']} size, seed {r['seed']}; {r['problems']:,} problems, "
-        f"{100 * s['train_fraction']:.0f}% trained on; {s['n_layer']} layers, width {s['n_embd']}, AdamW lr "
-        f"{s['lr']:g}, batch {s['batch_size']}, {s['steps']:,} steps)",
+        f"{100 * s['train_fraction']:.0f}% trained on; {s['n_layer']} layer{'s' if s['n_layer'] > 1 else ''}, "
+        f"width {s['n_embd']}, AdamW lr {s['lr']:g}, batch {s['batch_size']}, {s['steps']:,} steps)",
         "",
         f"| weight decay | train ≥ {MEMORIZED:.0%} at step | held-out ≥ {RISEN:.0%} at step | held-out ≥ "
         f"{REACHED:.0%} at step | final train | final held-out | best held-out | seconds |",

@@ -140,6 +140,7 @@ class _GPTStep:
         self.embed = model.wte.forward  # a quantized table (QuantEmbedding) dequantizes the rows it reads
         self.wpe = model.wpe.weight if model.wpe is not None else None
         self.sin_table = model.sinusoidal.table if model.sinusoidal is not None else None
+        self.embed_scale = model.embed_scale
         self.rope = (model.rope.cos, model.rope.sin) if model.rope is not None else None
         self.norm_f = self._norm(model.norm_f)
         self.head = model.lm_head.forward
@@ -232,6 +233,8 @@ class _GPTStep:
         v_seen = cache.v.narrow(3, 0, L + 1).unbind(0)
         where = L if pos is None else pos.view(B)
         x = torch.embedding(self.wte, tokens.view(B)) if self.wte is not None else self.embed(tokens.view(B))  # (B, C)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
         if self.wpe is not None:
             x = x + self.wpe[where]  # (C,) or (B, C)
         elif self.sin_table is not None:

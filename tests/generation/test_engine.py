@@ -22,7 +22,7 @@ V = 41
 CONFIGS = {
     "learned": ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=16, init_std=0.5),
     "sinusoidal": ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=16, pos="sinusoidal",
-                              init_std=0.5),
+                              tie_embeddings=False, init_std=0.5),  # √16-scaled tied inputs would just repeat
     "rope": ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=16, pos="rope", init_std=0.5),
     "rope-gqa-swiglu-rmsnorm": ModelConfig(
         vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, pos="rope", norm="rmsnorm",

@@ -280,8 +280,8 @@ def test_layernorm_and_rmsnorm_formulas():
     rms = RMSNorm(10, eps=1e-6)
     torch.nn.init.normal_(rms.weight)
     torch.testing.assert_close(rms(x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * rms.weight)
-    with pytest.raises(LmlabError, match="model.norm: unknown value 'batchnorm'"):
-        build_norm("batchnorm", 10)
+    with pytest.raises(LmlabError, match="model.norm: unknown value 'groupnorm'"):
+        build_norm("groupnorm", 10)
 
 
 def test_feed_forward_activations():
