@@ -56,6 +56,14 @@ def require(path: str | Path, what: str, option: str) -> Path:
     return p
 
 
+SHAKESPEARE = "../shared/data/shakespeare/input.txt"  # the default --text of the experiments that train on text
+
+
+def text_source(text: str | Path) -> Path:
+    """``--text``, the text file an experiment trains on, or its one-line error."""
+    return require(text, f"a text file to train on ({SHAKESPEARE})", "--text")
+
+
 def pick_size(sizes: dict[str, Any], size: str | None, quick: bool) -> tuple[str, Any]:
     """The (name, settings) of an experiment's size: ``size`` if given, else quick or full."""
     name = size or ("quick" if quick else "full")
@@ -171,6 +179,10 @@ class Workspace:
                 f.write("lmlab " + " ".join(shlex.quote(str(a)) for a in argv) + "\n")
             evaluate(run, checkpoint=which.name, out=out, device=self.device)
         return io.read_json(out)
+
+    def char_dataset(self, text: Path) -> Path:
+        """``text`` prepared as a character-level dataset in the workspace (shared by the experiments on text)."""
+        return self.prepared("text-char", [Path(text).resolve(), "--tokenizer", "char", "--quiet"])
 
     def write_results(self, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
         """Write ``NAME.json`` and ``NAME.md`` in the workspace, atomically."""

@@ -18,7 +18,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmlab.experiments.common import Workspace, command_line, pick_size, require, train_seconds, val_windows
+from lmlab.experiments.common import (
+    SHAKESPEARE,
+    Workspace,
+    command_line,
+    pick_size,
+    text_source,
+    train_seconds,
+    val_windows,
+)
 
 NAME = "context"
 
@@ -75,7 +83,7 @@ def run(
     quick: bool = False,
     size: str | None = None,
     seed: int = 0,
-    text: str | Path = "../shared/data/shakespeare/input.txt",
+    text: str | Path = SHAKESPEARE,
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -94,9 +102,9 @@ def run(
     from lmlab.runs import load
 
     name, sz = pick_size(SIZES, size, quick)
-    text = require(text, "a text file to train on (../shared/data/shakespeare/input.txt)", "--text")
+    text = text_source(text)
     with Workspace(out, device=device, quiet=quiet) as ws:
-        data = ws.prepared("text-char", [Path(text).resolve(), "--tokenizer", "char", "--quiet"])
+        data = ws.char_dataset(text)
         longest = {"transformer": sz.block_size, "lstm": sz.block_size * sz.lstm_extra}
         windows = val_windows(data, max(longest.values()), sz.positions, seed)
         common = ["--model.block-size", sz.block_size, "--train.max-steps", sz.steps, "--train.batch-size",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lmlab import io
-from lmlab.experiments.common import Workspace, command_line, pick_size, require, text_file
+from lmlab.experiments.common import SHAKESPEARE, Workspace, command_line, pick_size, text_file, text_source
 
 NAME = "memorization"
 
@@ -66,7 +66,7 @@ def run(
     quick: bool = False,
     size: str | None = None,
     seed: int = 0,
-    text: str | Path = "../shared/data/shakespeare/input.txt",
+    text: str | Path = SHAKESPEARE,
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def run(
     from lmlab.runs import load
 
     name, sz = pick_size(SIZES, size, quick)
-    text = require(text, "a text file to train on (../shared/data/shakespeare/input.txt)", "--text")
+    text = text_source(text)
     with Workspace(out, device=device, quiet=quiet) as ws:
         corpus = text_file(ws, "corpus", Path(text).read_text(encoding="utf-8")[: sz.chars], ".txt")
         data = ws.prepared("corpus-bpe", [corpus.resolve(), "--tokenizer", "bpe", "--vocab-size", sz.vocab_size,

@@ -15,7 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.experiments.common import Workspace, command_line, metric_rows, pick_size, require, train_seconds
+from lmlab.experiments.common import (
+    SHAKESPEARE,
+    Workspace,
+    command_line,
+    metric_rows,
+    pick_size,
+    text_source,
+    train_seconds,
+)
 
 NAME = "normalization"
 NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
@@ -44,7 +52,7 @@ def run(
     quick: bool = False,
     size: str | None = None,
     seed: int = 0,
-    text: str | Path = "../shared/data/shakespeare/input.txt",
+    text: str | Path = SHAKESPEARE,
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -61,9 +69,9 @@ def run(
         quiet: do not show the steps' own output.
     """
     name, sz = pick_size(SIZES, size, quick)
-    text = require(text, "a text file to train on (../shared/data/shakespeare/input.txt)", "--text")
+    text = text_source(text)
     with Workspace(out, device=device, quiet=quiet) as ws:
-        data = ws.prepared("text-char", [Path(text).resolve(), "--tokenizer", "char", "--quiet"])
+        data = ws.char_dataset(text)
         rows = []
         for norm in NORMS:
             for batch in sz.batch_sizes:

@@ -16,7 +16,16 @@ from typing import Any
 
 import tyro
 
-from lmlab.experiments.common import Workspace, command_line, metric_rows, pick_size, require, train_seconds
+from lmlab.experiments.common import (
+    SHAKESPEARE,
+    Workspace,
+    command_line,
+    metric_rows,
+    pick_size,
+    require,
+    text_source,
+    train_seconds,
+)
 
 NAME = "optimizers"
 # each optimizer's usual learning rate (the sweep tries it times 1/3, 1 and 3)
@@ -46,7 +55,7 @@ def run(
     quick: bool = False,
     size: str | None = None,
     seed: int = 0,
-    text: str | Path = "../shared/data/shakespeare/input.txt",
+    text: str | Path = SHAKESPEARE,
     preset: str = "baby",
     device: str = "auto",
     quiet: bool = False,
@@ -70,10 +79,10 @@ def run(
     if data is not None:
         data = require(data, "a dataset made by lmlab prepare", "DATA")
     else:
-        text = require(text, "a text file to train on (../shared/data/shakespeare/input.txt)", "--text")
+        text = text_source(text)
     with Workspace(out, device=device, quiet=quiet) as ws:
         if data is None:
-            data = ws.prepared("text-char", [Path(text).resolve(), "--tokenizer", "char", "--quiet"])
+            data = ws.char_dataset(text)
         rows = []
         for opt in sz.optimizers:
             base = ["train", Path(data).resolve(), preset, "--train.optimizer", opt, "--train.seed", seed,

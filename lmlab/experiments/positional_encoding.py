@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from lmlab.experiments.common import (
+    SHAKESPEARE,
     Workspace,
     command_line,
     per_position_loss,
     pick_size,
-    require,
+    text_source,
     train_seconds,
     val_windows,
 )
@@ -83,7 +84,7 @@ def run(
     quick: bool = False,
     size: str | None = None,
     seed: int = 0,
-    text: str | Path = "../shared/data/shakespeare/input.txt",
+    text: str | Path = SHAKESPEARE,
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -102,12 +103,12 @@ def run(
     from lmlab.runs import load
 
     name, sz = pick_size(SIZES, size, quick)
-    text = require(text, "a text file to train on (../shared/data/shakespeare/input.txt)", "--text")
+    text = text_source(text)
     ks = (1, 2, 3, 5, 10, 50, 100, 500, 1000)
     with Workspace(out, device=device, quiet=quiet) as ws:
         identity = check_identity(sz.pe_dim, sz.pe_positions, ks)
         ws.say("max |PE(pos+k) - A_k PE(pos)|: " + ", ".join(f"k={k}: {e:.1e}" for k, e in identity.items()))
-        data = ws.prepared("text-char", [Path(text).resolve(), "--tokenizer", "char", "--quiet"])
+        data = ws.char_dataset(text)
         length = sz.block_size * sz.extend
         windows = val_windows(data, length, sz.windows, seed)
         rows = []

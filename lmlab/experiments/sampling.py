@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lmlab.experiments.common import Workspace, command_line, pick_size, require, val_windows
+from lmlab.experiments.common import SHAKESPEARE, Workspace, command_line, pick_size, text_source, val_windows
 
 NAME = "sampling"
 # (label, request options): the methods compared; each filter samples at temperature 1
@@ -101,7 +101,7 @@ def run(
     quick: bool = False,
     size: str | None = None,
     seed: int = 0,
-    text: str | Path = "../shared/data/shakespeare/input.txt",
+    text: str | Path = SHAKESPEARE,
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -124,9 +124,9 @@ def run(
     from lmlab.runs import load
 
     name, sz = pick_size(SIZES, size, quick)
-    text = require(text, "a text file to train on (../shared/data/shakespeare/input.txt)", "--text")
+    text = text_source(text)
     with Workspace(out, device=device, quiet=quiet) as ws:
-        data = ws.prepared("text-char", [Path(text).resolve(), "--tokenizer", "char", "--quiet"])
+        data = ws.char_dataset(text)
         step = ws.trained("runs/baby", ["train", data, "baby", "--train.max-steps", sz.steps, "--train.seed", seed])
         loaded = load(step.path, device="cpu")
         model, tok = loaded.model, loaded.tokenizer
