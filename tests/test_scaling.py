@@ -87,6 +87,8 @@ def test_sweep_trains_reuses_and_resumes_then_fit_and_predict(shakespeare_char, 
     res = run_cli([*argv[:4], "6", *argv[8:]], capsys)
     assert res.code == 0, res.err
     assert "steps 8 -> 16" in res.err
+    res = run_cli([*argv[:4], "2", *argv[8:10], "--block-size", "32", *argv[12:]], capsys)
+    assert_one_line_error(res, "was swept with --block-size 16")
     # fit on four sizes, the fifth and sixth held out and checked against the law
     res = run_cli(["scaling", "fit", str(out), "--max-params", str(runs[3]["params"]), "--bootstrap", "20"], capsys)
     assert res.code == 0, res.err

@@ -106,6 +106,10 @@ def sweep(
         record = io.read_json(out / "sweep.json") if (out / "sweep.json").is_file() else {"runs": []}
         if record.get("data") not in (None, str(ds.path.resolve())):
             raise LmlabError(f"{out} is a sweep on {record['data']}; give a new --out for {ds.path}")
+        for key, value in (("block_size", block_size), ("batch_size", batch_size), ("seed", seed)):
+            if record.get(key, value) != value:  # runs of one sweep differ only in size and budget
+                raise LmlabError(f"{out} was swept with --{key.replace('_', '-')} {record[key]}; use the same, or a "
+                                 "new --out")  # fmt: skip
         record.update(data=str(ds.path.resolve()), block_size=block_size, batch_size=batch_size, seed=seed)
         done = {(r["n_layer"], r["tokens"]): r for r in record["runs"]}
         todo = [p for p in plan if (p["n_layer"], p["tokens"]) not in done]
