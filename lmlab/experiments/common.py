@@ -166,7 +166,7 @@ class Workspace:
             self.lmlab(["eval", run, "--data", data, "--out", out, "--device", self.device])
         return io.read_json(out)
 
-    def evaluated(self, run: Path, checkpoint: str | None = None) -> dict[str, Any]:
+    def evaluated(self, run: Path, checkpoint: str | None = None, batch_size: int = 64) -> dict[str, Any]:
         """A language model's loss on its whole validation split (``lmlab eval RUN``) with its best checkpoint (or
         ``checkpoint``), reused while that checkpoint is the same."""
         which = ckpt.find_checkpoint(run / "checkpoints", checkpoint)
@@ -174,10 +174,11 @@ class Workspace:
         if not out.is_file():  # in this process: a second of work does not need a child's seconds of start-up
             from lmlab.api import evaluate
 
-            argv = ["eval", run, "--checkpoint", which.name, "--out", out, "--device", self.device]
+            argv = ["eval", run, "--checkpoint", which.name, "--batch-size", batch_size, "--out", out, "--device",
+                    self.device]  # fmt: skip
             with open(self.root / "commands.txt", "a", encoding="utf-8") as f:
                 f.write("lmlab " + " ".join(shlex.quote(str(a)) for a in argv) + "\n")
-            evaluate(run, checkpoint=which.name, out=out, device=self.device)
+            evaluate(run, checkpoint=which.name, batch_size=batch_size, out=out, device=self.device)
         return io.read_json(out)
 
     def char_dataset(self, text: Path) -> Path:

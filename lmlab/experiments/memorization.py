@@ -26,7 +26,7 @@ NAME = "memorization"
 
 @dataclass(frozen=True)
 class Size:
-    chars: int  # characters of the corpus (its last tenth is held out)
+    chars: int  # characters of the corpus (its last quarter is held out: enough windows to test)
     models: tuple[tuple[int, int], ...]  # (n_layer, n_embd) of each size
     epochs: tuple[int, ...]
     vocab_size: int = 1024
@@ -39,8 +39,8 @@ class Size:
 
 
 SIZES = {
-    "full": Size(chars=250_000, models=((2, 64), (4, 128), (6, 192)), epochs=(1, 2, 4, 8, 16, 32)),
-    "quick": Size(chars=40_000, models=((2, 64), (2, 128)), epochs=(1, 4, 8), samples=64, vocab_size=512),
+    "full": Size(chars=40_000, models=((2, 64), (4, 128), (6, 192)), epochs=(1, 4, 16, 64, 256)),
+    "quick": Size(chars=20_000, models=((2, 64), (2, 128)), epochs=(1, 8, 32), samples=64, vocab_size=512),
     "test": Size(chars=20_000, models=((1, 16),), epochs=(1, 2), vocab_size=300, block_size=16, batch_size=4,
                  prefix=4, suffix=4, samples=4),
 }  # fmt: skip
@@ -91,7 +91,8 @@ def run(
     with Workspace(out, device=device, quiet=quiet) as ws:
         corpus = text_file(ws, "corpus", Path(text).read_text(encoding="utf-8")[: sz.chars], ".txt")
         data = ws.prepared("corpus-bpe", [corpus.resolve(), "--tokenizer", "bpe", "--vocab-size", sz.vocab_size,
-                                          "--min-val-tokens", sz.prefix + sz.suffix + 1, "--quiet"])  # fmt: skip
+                                          "--val-fraction", 0.25, "--min-val-tokens", sz.prefix + sz.suffix + 1,
+                                          "--quiet"])  # fmt: skip
         ds = load_dataset(data)
         train_tokens, val_tokens = np.asarray(ds.tokens("train")), np.asarray(ds.tokens("val"))
         per_epoch = max(1, len(train_tokens) // (sz.batch_size * sz.block_size))
@@ -101,7 +102,7 @@ def run(
                 "train", data, "baby", "--model.n-layer", n_layer, "--model.n-embd", n_embd, "--model.n-head",
                 max(1, n_embd // 32), "--model.block-size", sz.block_size, "--train.batch-size", sz.batch_size,
                 "--train.lr", sz.lr, "--train.min-lr", sz.lr, "--train.schedule", "constant", "--train.warmup-steps",
-                min(100, per_epoch), "--train.eval-every", per_epoch, "--train.eval-steps", 8,
+                min(100, per_epoch), "--train.eval-every", 16 * per_epoch, "--train.eval-steps", 8,
                 "--train.sample-tokens", 0, "--train.seed", seed, "--train.max-steps", per_epoch * sz.epochs[0],
             ]  # fmt: skip
             run_dir = ws.trained(f"runs/l{n_layer}-d{n_embd}", argv).path
@@ -117,7 +118,7 @@ def run(
                         "steps": steps, "run": str(run_dir),
                         "train_extracted": extraction_rate(loaded.model, train_tokens, sz, seed),
                         "val_extracted": extraction_rate(loaded.model, val_tokens, sz, seed + 1),
-                        "val_loss": ws.evaluated(run_dir, "latest")["loss"],
+                        "val_loss": ws.evaluated(run_dir, "latest", batch_size=16)["loss"],
                     }  # fmt: skip
                     io.write_json(cached, row)
                 row = io.read_json(cached)

@@ -207,7 +207,7 @@ def _figure(path: Path, r: dict[str, Any]) -> Path:
     for family, color in colors.items():
         ax.scatter([], [], color=color, label=family)
     ax.set_xlabel("diversity: distinct-2 (unique word bigrams / all)")
-    ax.set_ylabel("NLL of the text under the model (nats/char; lower = more likely)")
+    ax.set_ylabel("NLL under the model (nats/char; lower = likelier)")
     ax.set_title("Quality vs diversity of decoding methods")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
