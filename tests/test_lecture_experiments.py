@@ -24,10 +24,10 @@ from tests.conftest import SHARED_DATA
 from tests.helpers import assert_one_line_error, run_cli
 
 LECTURE = ("grokking", "chain-of-thought", "complexity", "positional-encoding", "normalization", "sampling",
-           "context", "memorization")  # fmt: skip
+           "context", "memorization", "optimizers")  # fmt: skip
 SHAKESPEARE = SHARED_DATA / "shakespeare" / "input.txt"
 TEXT = {"text": SHAKESPEARE}  # the experiments that train on text take it from ../shared/data by default
-NEEDS_TEXT = ("positional-encoding", "normalization", "sampling", "context", "memorization")
+NEEDS_TEXT = ("positional-encoding", "normalization", "sampling", "context", "memorization", "optimizers")
 
 
 def test_every_lecture_experiment_is_listed():
@@ -184,6 +184,10 @@ def _check_shape(name: str, r: dict) -> None:
     elif name == "context":
         lstm = r["rows"][1]
         assert max(lstm["curve"]) == 32 and max(r["rows"][0]["curve"]) == 16  # the LSTM reads past its training
+    elif name == "optimizers":
+        assert [row["optimizer"] for row in r["rows"]] == ["adamw", "muon"]
+        assert all(row["to_target"]["seconds"] <= row["seconds"] and row["final"] >= 0 for row in r["rows"])
+        assert r["target"] == max(row["final"] for row in r["rows"])
     elif name == "memorization":
         assert [row["epochs"] for row in r["rows"]] == [1, 2]
         assert all(0 <= row["train_extracted"] <= 1 and 0 <= row["val_extracted"] <= 1 for row in r["rows"])
@@ -199,6 +203,8 @@ def test_lecture_experiment_cli_and_errors(tmp_path, capsys):
         res = run_cli(["experiment", name, "--out", str(tmp_path / "x"), "--text", str(tmp_path / "none.txt")], capsys)
         assert_one_line_error(res, "--text", "none.txt", "no such file or directory")
     assert_one_line_error(run_cli(["experiment", "grokking", "--size", "huge"], capsys), "unknown size 'huge'")
+    res = run_cli(["experiment", "optimizers", str(tmp_path / "no-data"), "--out", str(tmp_path / "x")], capsys)
+    assert_one_line_error(res, "DATA", "no-data", "no such file or directory")
     assert_one_line_error(run_cli(["experiment", "sampling", "--seed", "x"], capsys), "--seed")
     assert_one_line_error(run_cli(["experiment", "complexity", "--device", "gpu"], capsys), "unknown device 'gpu'")
     (tmp_path / "file").write_text("")
