@@ -255,6 +255,30 @@ register_preset(
 )
 register_preset(
     Preset(
+        "speedrun",
+        "baby's shape with RoPE, trained for time: Muon, bf16, 450 steps, one evaluation on the whole val split",
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, pos="rope"),
+        {
+            # tiny Shakespeare (char) to val <= 1.88 in ~23 s on 2 cores with AMX/AVX512-BF16 (issue 19;
+            # BENCHMARKS.md "speedrun": recipe and ablation). bf16 is slow on a CPU without bf16 instructions:
+            # there, --train.precision fp32 (about 1.2x the time)
+            "batch_size": 12,
+            "max_steps": 450,
+            "optimizer": "muon",
+            "lr": 8e-3,
+            "min_lr": 8e-4,
+            "warmup_steps": 30,
+            "beta2": 0.99,
+            "precision": "bf16",
+            "eval_every": 0,  # evaluate once, at the end
+            "eval_steps": 1_000_000,  # over every validation window: the full split, not an estimate
+            "sample_tokens": 0,
+            "track": "none",  # metrics.jsonl only; --train.track tensorboard to add the events
+        },
+    )
+)
+register_preset(
+    Preset(
         "shakespeare-char",
         "nanoGPT's Shakespeare config: 6 layers, 6 heads, width 384, block 256, dropout 0.2",
         ModelConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
