@@ -47,7 +47,8 @@ class GPT(nn.Module):
         self.wpe = LearnedPositionalEmbedding(cfg.block_size, C) if cfg.pos == "learned" else None
         self.sinusoidal = SinusoidalPositionalEncoding(cfg.block_size, C) if cfg.pos == "sinusoidal" else None
         # the paper's √d on the token embeddings: the fixed encodings (entries ±1) would otherwise swamp embeddings
-        # initialized at init_std (measured: 2.28 vs 1.86 validation loss of learned positions on tiny Shakespeare)
+        # initialized at init_std (lmlab experiment positional-encoding: validation loss 2.28 without it, 1.90 with it,
+        # 1.86 with learned positions)
         self.embed_scale = math.sqrt(C) if cfg.pos == "sinusoidal" else 1.0
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.pos == "rope" else None
         self.blocks = nn.ModuleList(Block.from_config(cfg) for _ in range(cfg.n_layer))
