@@ -47,7 +47,7 @@ VERBS: dict[str, Verb] = {
     "scaling": Verb("lmlab.cli.scaling", "scaling laws: sweep model sizes, fit power laws, predict a bigger model"),
     "serve": Verb("lmlab.cli.serve", "serve runs over an OpenAI-compatible HTTP API, with a chat page"),
     "experiment": Verb(
-        "lmlab.cli.experiment", "run an experiment end to end: gpt1-ablation, sft-skills, sentiment-rlhf"
+        "lmlab.cli.experiment", "run an experiment end to end: the lecture's claims (grokking, ...), GPT-1's ablation"
     ),
     "eval": Verb("lmlab.cli.eval", "score a run: BLEU/chrF (translation), loss (LM), accuracy, or a policy's reward"),
 }

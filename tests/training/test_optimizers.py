@@ -72,3 +72,15 @@ def test_optimizer_errors(shakespeare_char, tmp_path, capsys):
     res = run_cli(["train", "--resume", str(tmp_path / "r"), "--train.optimizer", "muon",
                    "--train.max-steps", "4"], capsys)  # fmt: skip
     assert_one_line_error(res, "cannot change --train.optimizer on resume", "adamw -> muon")
+
+
+def test_speedrun_preset_shape():
+    """The speedrun preset as BENCHMARKS.md describes it (its time is measured in benchmarks.speedrun, not here)."""
+    from lmlab.config import preset_train_config
+
+    p = get_preset("speedrun")
+    model = build_model(dataclasses.replace(p.model, vocab_size=65))
+    assert model.num_params() <= 1_000_000 and p.model.pos == "rope"
+    cfg = preset_train_config(p)
+    assert (cfg.optimizer, cfg.precision, cfg.max_steps) == ("muon", "bf16", 450)
+    assert cfg.eval_every == 0 and cfg.eval_steps >= 1_000_000  # one evaluation, over the whole validation split
