@@ -152,7 +152,7 @@ def test_experiment_runs_end_to_end_and_reuses_its_runs(name, tmp_path, capsys):
 def _check_shape(name: str, r: dict) -> None:
     """The fields the README gallery and the note read, present and in range."""
     if name == "grokking":
-        assert [row["weight_decay"] for row in r["rows"]] == [1.0, 0.0]
+        assert [row["weight_decay"] for row in r["rows"]] == [grokking.SIZES["test"].weight_decay, 0.0]
         for row in r["rows"]:
             assert all(0 <= v <= 1 for _, v in row["curves"]["train"] + row["curves"]["val"])
             assert [s for s, _ in row["curves"]["val"]] == [3, 6]

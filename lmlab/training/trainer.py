@@ -353,7 +353,6 @@ class Trainer:
                         grad_norm=float(grad_norm),
                         tok_per_s=tps,
                         mfu=tps * flops_per_token / (peak * rt.world_size),
-                        **self._energy(),
                     )
                     row.update({f"train_{k}": self._all_mean(v / window_steps) for k, v in log_sums.items()})
                     log_sums.clear()
@@ -375,7 +374,8 @@ class Trainer:
                     row.update(self._evaluate_and_report(bar))
                 window_start += self.clock() - paused
                 if row and tracker is not None:
-                    tracker.log(self.step, {"tokens": self.tokens_seen, "elapsed_s": self.elapsed(), **row})
+                    seen = {"tokens": self.tokens_seen, "elapsed_s": self.elapsed(), **self._energy()}  # one moment
+                    tracker.log(self.step, {**seen, **row})
                 if bar is not None:
                     bar.update(1)
             if status == "interrupted":

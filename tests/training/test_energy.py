@@ -58,7 +58,7 @@ def test_every_run_reports_its_energy_and_resumes_counting(shakespeare_char, tmp
     energy = [r["energy_kwh"] for r in rows]
     assert 0 < energy[0] <= energy[1] <= energy[2]
     assert all(r["co2_kg"] == pytest.approx(r["energy_kwh"] * 0.5) for r in rows)
-    assert energy[-1] == pytest.approx(360 * rows[-1]["elapsed_s"] / 3.6e6, rel=0.5)
+    assert energy[-1] == pytest.approx(360 * rows[-1]["elapsed_s"] / 3.6e6, rel=0.05)  # counted from the same moment
     res = run_cli(["train", "--resume", str(run), "--train.max-steps", "8", "--train.no-progress"], capsys)
     assert res.code == 0, res.err
     assert read_rows(run)[-1]["energy_kwh"] > energy[-1]  # the resumed process adds to the total
