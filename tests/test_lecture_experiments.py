@@ -24,10 +24,11 @@ from tests.conftest import SHARED_DATA
 from tests.helpers import assert_one_line_error, run_cli
 
 LECTURE = ("grokking", "chain-of-thought", "complexity", "positional-encoding", "normalization", "sampling",
-           "context", "memorization", "optimizers")  # fmt: skip
+           "context", "memorization", "optimizers", "scaling")  # fmt: skip
 SHAKESPEARE = SHARED_DATA / "shakespeare" / "input.txt"
 TEXT = {"text": SHAKESPEARE}  # the experiments that train on text take it from ../shared/data by default
-NEEDS_TEXT = ("positional-encoding", "normalization", "sampling", "context", "memorization", "optimizers")
+NEEDS_TEXT = ("positional-encoding", "normalization", "sampling", "context", "memorization", "optimizers",
+              "scaling")  # fmt: skip
 
 
 def test_every_lecture_experiment_is_listed():
@@ -138,14 +139,15 @@ def test_experiment_runs_end_to_end_and_reuses_its_runs(name, tmp_path, capsys):
         with open(fig, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     commands = (out / "commands.txt").read_text().splitlines()
-    assert any(c.startswith("lmlab train ") for c in commands)
+    assert any(c.startswith(("lmlab train ", "lmlab scaling sweep ")) for c in commands)
     assert (out / f"{stem}.md").read_text() in capsys.readouterr().out  # the table was printed
     # a second run trains nothing again
     again = lmlab.experiment(name, **options)
     new = (out / "commands.txt").read_text().splitlines()[len(commands) :]
     assert not [c for c in new if c.startswith(("lmlab train", "lmlab prepare"))], new
     if name != "complexity":  # its timings are measured anew each time; everything else is read back
-        assert json.dumps(again["rows"], sort_keys=True) == json.dumps(res["rows"], sort_keys=True)
+        key = "check" if name == "scaling" else "rows"
+        assert json.dumps(again[key], sort_keys=True) == json.dumps(res[key], sort_keys=True)
     _check_shape(name, res)
 
 
@@ -184,6 +186,11 @@ def _check_shape(name: str, r: dict) -> None:
     elif name == "context":
         lstm = r["rows"][1]
         assert max(lstm["curve"]) == 32 and max(r["rows"][0]["curve"]) == 16  # the LSTM reads past its training
+    elif name == "scaling":
+        assert [f["n_layer"] for f in r["fitted_on"]] == [1, 2, 3, 4] and r["check"]["n_layer"] == 5
+        c = r["check"]
+        assert c["predicted_low"] <= c["predicted_loss"] <= c["predicted_high"]
+        assert r["goal_met"] == (abs(c["error"]) <= 0.03 and c["inside"])
     elif name == "optimizers":
         assert [row["optimizer"] for row in r["rows"]] == ["adamw", "muon"]
         assert all(row["to_target"]["seconds"] <= row["seconds"] and row["final"] >= 0 for row in r["rows"])

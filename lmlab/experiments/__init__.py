@@ -65,6 +65,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "lmlab.experiments.optimizers",
         "AdamW vs Muon vs SGD vs Adafactor on one model, each at its swept best lr: loss vs wall clock and tokens",
     ),
+    "scaling": Experiment(
+        "lmlab.experiments.scaling",
+        "fit L(N) on 5 sizes, predict a 4x larger model's loss, train it, and check the prediction",
+    ),
     "sft-skills": Experiment(
         "lmlab.experiments.sft_skills",
         "SFT a books-pretrained base on 5 generated skills: exact match of base, full SFT and LoRA",

@@ -31,7 +31,7 @@ from lmlab.scaling.fit import PowerLaw, fit_power_law
 ASPECT = 32  # width per layer
 HEAD_DIM = 32
 LR_BASE = 2e-3
-__all__ = ["sweep", "fit", "predict", "shape", "fit_power_law", "PowerLaw"]
+__all__ = ["sweep", "fit", "predict", "read_sweep", "shape", "fit_power_law", "PowerLaw"]
 
 
 def shape(n_layer: int, block_size: int) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def _last(run: Path, key: str) -> float | None:
     return rows[-1][key] if rows else None
 
 
-def _read_sweep(path: str | Path) -> dict[str, Any]:
+def read_sweep(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / "sweep.json").is_file():
         raise LmlabError(f"{path} is not a sweep directory (no sweep.json); make one with lmlab scaling sweep")
@@ -191,7 +191,7 @@ def fit(
     ``max_params`` parameters; runs above it are held out and their losses compared with the law's prediction.
     Writes ``fit.json`` and ``scaling.png`` (or ``out``) in the sweep directory; returns the fit."""
     sweep_dir = Path(sweep_dir)
-    record = _read_sweep(sweep_dir)
+    record = read_sweep(sweep_dir)
     runs = record["runs"]
     if tokens is not None:
         runs = [r for r in runs if r["tokens"] == tokens]
@@ -248,7 +248,7 @@ def predict(sweep_dir: str | Path, *, params: float | None = None, layers: int |
             raise LmlabError(f"--layers must be at least 1, got {layers}")
         from lmlab.data.dataset import load_dataset
 
-        record = _read_sweep(sweep_dir)
+        record = read_sweep(sweep_dir)
         params = non_embedding_params(layers, load_dataset(record["data"]).vocab_size, record["block_size"])
     if params <= 0 or (tokens is not None and tokens <= 0):
         raise LmlabError("--params and --tokens must be positive")
