@@ -314,8 +314,14 @@ def evaluate(
             raise LmlabError(f"give the labeled file to score {run} on with --data FILE.tsv")
         scores = score_file(classifier_run(run, checkpoint, pick_device(device)), data or val, batch_size)
         return save(Path(out) if out is not None else run / "eval-classify.json", scores)
-    data_path = Path(data) if data is not None else Path(cfg.get("data", {}).get("path", ""))
-    if not str(data_path) or not data_path.is_dir():
+    own = cfg.get("data", {}).get("path") or ""
+    tuned = cfg.get("finetune", {}).get("files", {}).get("data", {}).get("path") or ""
+    if not own and Path(tuned).name == "meta.json":  # fine-tuned on a prepared dataset (distill): that dataset
+        own = str(Path(tuned).parent)
+    if data is None and not own:
+        raise LmlabError(f"run {run} was not trained on a prepared dataset; pass one to score it on with --data")
+    data_path = Path(data) if data is not None else Path(own)
+    if not data_path.is_dir():
         raise LmlabError(f"the dataset of run {run} ({data_path}) is not there; pass its directory with --data")
     ds = load_dataset(data_path)
     check_same_tokenizer(run, ds.path)

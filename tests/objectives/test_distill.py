@@ -68,6 +68,9 @@ def test_distill_trains_a_new_student_and_resumes(base, shakespeare_char, tmp_pa
     r = run_cli(["train", "--resume", str(out), "--train.max-steps", "8", *QUIET], capsys)
     assert r.code == 0, r.err
     assert lmlab.load(out).state["step"] == 8
+    # the student is scored on the dataset it was distilled on, with no --data
+    scores = lmlab.evaluate(out, out=tmp_path / "eval.json")
+    assert scores["split"] == "val" and scores["loss"] > 0
 
 
 def test_distill_errors(base, shakespeare_char, tmp_path, capsys):
