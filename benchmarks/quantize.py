@@ -179,13 +179,15 @@ def distill_chain(teacher: Path, student: str, steps: int, batch_size: int, seed
     data = lmlab.load(teacher).config["data"]["path"]
     rows = []
 
-    def add(name: str, run: Path, seconds: float | None = None) -> None:
+    def add(name: str, run: Path, seconds: float | None = None, params: int | None = None) -> None:
         loaded = lmlab.load(run)
+        # a quantized model keeps its packed weights in buffers, so its parameter count is its source's
+        params = loaded.model.num_params() if params is None else params
         val = lmlab.evaluate(run, out=Path(tmp) / f"{run.name}-eval.json")["loss"]
         with torch.no_grad():
             tps = decode_tokens_per_s(loaded.model, 1, min(32, loaded.model.config.block_size - 16))
         rows.append({
-            "model": name, "params (M)": round(loaded.model.num_params() / 1e6, 2),
+            "model": name, "params (M)": round(params / 1e6, 2),
             "MiB": f"{weights_bytes(loaded.checkpoint) / 2**20:.2f}", "val loss": f"{val:.4f}",
             "b1 tok/s": round(tps, 1), "train s": "" if seconds is None else round(seconds),
         })  # fmt: skip
@@ -199,10 +201,11 @@ def distill_chain(teacher: Path, student: str, steps: int, batch_size: int, seed
             t0 = time.perf_counter()
             lmlab.finetune(teacher, "distill", data, out=out, student=student, alpha=alpha, **train)
             add(name, out, time.perf_counter() - t0)
+        student_params = lmlab.load(Path(tmp) / "alpha0.5").model.num_params()
         for scheme in ("int8", "int4"):
             q = Path(tmp) / f"q-{scheme}"
             lmlab.quantize(Path(tmp) / "alpha0.5", q, scheme=scheme, keep="none", eval_tokens=4096)
-            add(f"{student}, distilled, {scheme} (all weights)", q)
+            add(f"{student}, distilled, {scheme} (all weights)", q, params=student_params)
     return rows
 
 
