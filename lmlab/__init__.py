@@ -56,7 +56,15 @@ _EXPORTS = {
 }
 
 
+# subpackages with an API of their own, reachable as lmlab.NAME without importing them first
+_SUBPACKAGES = ("rag", "scaling")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"lmlab.{name}")
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'lmlab' has no attribute {name!r}")
@@ -66,7 +74,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+    return sorted(list(globals()) + list(_EXPORTS) + list(_SUBPACKAGES))
 
 
 __all__ = ["__version__", *_EXPORTS]

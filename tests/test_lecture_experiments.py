@@ -195,9 +195,23 @@ def _check_shape(name: str, r: dict) -> None:
         assert [row["optimizer"] for row in r["rows"]] == ["adamw", "muon"]
         assert all(row["to_target"]["seconds"] <= row["seconds"] and row["final"] >= 0 for row in r["rows"])
         assert r["target"] == max(row["final"] for row in r["rows"])
+        adamw = r["rows"][0]
+        assert r["adamw_target"] == adamw["final"] and adamw["to_adamw"]["step"] <= adamw["curve"][-1]["step"]
     elif name == "memorization":
         assert [row["epochs"] for row in r["rows"]] == [1, 2]
         assert all(0 <= row["train_extracted"] <= 1 and 0 <= row["val_extracted"] <= 1 for row in r["rows"])
+
+
+def test_optimizer_sweep_walks_past_an_end_of_the_grid():
+    from lmlab.experiments.optimizers import next_rate
+
+    def sweep(*points):
+        return [{"lr": lr, "val_loss": v} for lr, v in points]
+
+    assert next_rate(sweep((1.0, 3.0), (3.0, 2.0), (9.0, 1.0))) == pytest.approx(27.0)  # best at the top
+    assert next_rate(sweep((3.0, 2.0), (1.0, 1.0), (9.0, 3.0))) == pytest.approx(1 / 3)  # at the bottom, any order
+    assert next_rate(sweep((1.0, 3.0), (3.0, 1.0), (9.0, 2.0))) is None  # inside: the sweep is done
+    assert next_rate(sweep((1.0, float("inf")), (3.0, float("inf")))) == pytest.approx(1 / 3)  # all diverged: go lower
 
 
 def test_lecture_experiment_cli_and_errors(tmp_path, capsys):

@@ -497,6 +497,16 @@ def test_verbs_are_not_shadowed_by_subpackages():
     assert lmlab.train is lmlab.api.train and lmlab.plot is lmlab.api.plot and callable(lmlab.load)
 
 
+def test_subpackages_with_an_api_are_reached_without_importing_them():
+    code = "import lmlab; print(lmlab.scaling.fit.__module__, lmlab.rag.Index.__name__, 'scaling' in dir(lmlab))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["lmlab.scaling", "Index", "True"]
+    import lmlab
+
+    with pytest.raises(AttributeError, match="no attribute 'scalingz'"):
+        lmlab.scalingz  # noqa: B018
+
+
 def test_api_arguments_are_checked_with_a_message_that_names_them(small, shakespeare_char, base, tmp_path):
     import lmlab
 

@@ -119,3 +119,23 @@ def test_scaling_errors(shakespeare_char, tmp_path, capsys):
     assert_one_line_error(run_cli(["scaling", "predict", str(tmp_path / "none"), "--params", "1e6"], capsys),
                           "no fit yet")  # fmt: skip
     assert not (tmp_path / "sw").exists()
+
+
+def test_one_runs_interval_adds_the_points_scatter_and_covers_new_runs():
+    rng = random.Random(3)
+    law_of = lambda n: 1.4 + 30.0 * n**-0.3  # noqa: E731
+    covered = {"run": 0, "law": 0}
+    for trial in range(12):
+        losses = [law_of(n) * math.exp(rng.gauss(0, 0.01)) for n in NS]
+        law = fit_power_law(NS, losses, bootstrap=40, seed=trial)
+        misfit = [math.log(law.loss(n) / y) for n, y in zip(NS, losses)]
+        assert law.residuals == pytest.approx([-m * math.sqrt(5 / 2) for m in misfit])  # 5 points, 3 parameters
+        p = law.predict(8e6)
+        assert p["run_low"] <= p["low"] <= p["loss"] <= p["high"] <= p["run_high"]
+        new_run = law_of(8e6) * math.exp(rng.gauss(0, 0.01))
+        covered["run"] += p["run_low"] <= new_run <= p["run_high"]
+        covered["law"] += p["low"] <= new_run <= p["high"]
+    assert covered["run"] >= 10 and covered["run"] >= covered["law"], covered
+    exact = fit_power_law(NS, [law_of(n) for n in NS], bootstrap=10)  # no scatter: one run's interval is the law's
+    q = exact.predict(8e6)
+    assert q["run_low"] == pytest.approx(q["low"], rel=1e-4) and q["run_high"] == pytest.approx(q["high"], rel=1e-4)

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
         p = scaling.predict(args.sweep, params=args.params, layers=args.layers, tokens=args.tokens)
         tokens = f", {p['tokens']:,.0f} tokens" if p["tokens"] else ""
         print(f"predicted validation loss at {p['params']:,.0f} parameters{tokens}: {p['loss']:.4f} "
-              f"[{p['low']:.4f}, {p['high']:.4f}]")  # fmt: skip
+              f"[{p['low']:.4f}, {p['high']:.4f}] (one run: [{p['run_low']:.4f}, {p['run_high']:.4f}])")  # fmt: skip
 
 
 def describe_fit(res: dict) -> str:
@@ -98,9 +98,10 @@ def describe_fit(res: dict) -> str:
              f"{law['residual']:.4f})", "  " + ";  ".join(show(k) for k in keys)]  # fmt: skip
     for c in res["held_out"]:
         lines.append(f"held out: {c['n_layer']} layers ({c['params']:,} params, {c['tokens']:,} tokens): predicted "
-                     f"{c['predicted_loss']:.4f} [{c['predicted_low']:.4f}, {c['predicted_high']:.4f}], measured "
-                     f"{c['measured']:.4f} ({100 * c['error']:+.2f}%, {'inside' if c['inside'] else 'outside'} the "
-                     "interval)")  # fmt: skip
+                     f"{c['predicted_loss']:.4f} [{c['predicted_low']:.4f}, {c['predicted_high']:.4f}] (one run: "
+                     f"[{c['predicted_run_low']:.4f}, {c['predicted_run_high']:.4f}]), measured {c['measured']:.4f} "
+                     f"({100 * c['error']:+.2f}%, {'inside' if c['inside'] else 'outside'} one run's interval, "
+                     f"{'inside' if c['inside_law'] else 'outside'} the law's)")  # fmt: skip
     opt = res.get("compute_optimal")
     if opt:
         lines.append(f"compute-optimal at the sweep's largest budget: {opt['params']:,.0f} params, "

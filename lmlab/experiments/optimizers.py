@@ -39,12 +39,13 @@ class Size:
     eval_every: int
     optimizers: tuple[str, ...] = ("adamw", "muon", "sgd", "adafactor")
     factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+    extend: int = 2  # when the best rate is at an end of the grid, try up to this many more, 3x further each
 
 
 SIZES = {
     "full": Size(steps=2000, sweep_steps=300, eval_every=100),
     "quick": Size(steps=300, sweep_steps=60, eval_every=50, optimizers=("adamw", "muon")),
-    "test": Size(steps=4, sweep_steps=2, eval_every=2, optimizers=("adamw", "muon"), factors=(1.0,)),
+    "test": Size(steps=4, sweep_steps=2, eval_every=2, optimizers=("adamw", "muon"), factors=(1.0,), extend=0),
 }
 
 
@@ -87,14 +88,18 @@ def run(
         for opt in sz.optimizers:
             base = ["train", Path(data).resolve(), preset, "--train.optimizer", opt, "--train.seed", seed,
                     "--train.sample-tokens", 0]  # fmt: skip
-            sweep = []
-            for f in sz.factors:
-                lr = BASE_LR[opt] * f
+            sweep: list[dict[str, float]] = []
+            rates = [BASE_LR[opt] * f for f in sz.factors]
+            while rates:
+                lr = rates.pop(0)
                 step = ws.trained(f"runs/sweep-{opt}", [*base, "--train.lr", lr, "--train.min-lr", lr / 10,
                                                         "--train.max-steps", sz.sweep_steps,
                                                         "--train.eval-every", sz.sweep_steps])  # fmt: skip
                 last = [r["val_loss"] for r in metric_rows(step.path) if "val_loss" in r]
                 sweep.append({"lr": lr, "val_loss": last[-1] if last else float("inf")})
+                # a best rate at an end of the grid says the optimum may lie beyond it: walk on, 3x at a time
+                if not rates and len(sweep) < len(sz.factors) + sz.extend and (further := next_rate(sweep)):
+                    rates.append(further)
             lr = min(sweep, key=lambda s: s["val_loss"])["lr"]
             step = ws.trained(f"runs/{opt}", [*base, "--train.lr", lr, "--train.min-lr", lr / 10, "--train.max-steps",
                                               sz.steps, "--train.eval-every", sz.eval_every])  # fmt: skip
@@ -105,15 +110,35 @@ def run(
                            "val_loss": r["val_loss"]} for r in evals],
                 "final": evals[-1]["val_loss"],
             })  # fmt: skip
+        # two targets: the worst final loss (every optimizer reaches it) and AdamW's (the default's result)
         target = max(r["final"] for r in rows)
+        adamw = next((r["final"] for r in rows if r["optimizer"] == "adamw"), None)
         for r in rows:
-            hit = next(p for p in r["curve"] if p["val_loss"] <= target)
-            r["to_target"] = {"seconds": hit["seconds"], "tokens": hit["tokens"], "step": hit["step"]}
+            r["to_target"] = _first_reach(r["curve"], target)
+            r["to_adamw"] = None if adamw is None else _first_reach(r["curve"], adamw)
         results = {"experiment": NAME, "size": name, "settings": asdict(sz), "seed": seed, "preset": preset,
-                   "data": str(data), "rows": rows, "target": target}  # fmt: skip
+                   "data": str(data), "rows": rows, "target": target, "adamw_target": adamw}  # fmt: skip
         png = _figure(ws.root / f"{NAME}.png", results)
         command = command_line(NAME, given, out=out, size=name, seed=seed, preset=preset)
         return ws.finish(NAME, results, _markdown(results), [png], command)
+
+
+def next_rate(sweep: list[dict[str, float]]) -> float | None:
+    """The next learning rate to try when the sweep's best is at an end of the rates tried (3x beyond it), or None
+    when the best lies between two worse ones."""
+    by_lr = sorted(sweep, key=lambda t: t["lr"])
+    best = min(by_lr, key=lambda t: t["val_loss"])
+    if best is by_lr[-1]:
+        return best["lr"] * 3
+    if best is by_lr[0]:
+        return best["lr"] / 3
+    return None
+
+
+def _first_reach(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first evaluation at or below the target loss (seconds, tokens, step), or None when none is."""
+    hit = next((p for p in curve if p["val_loss"] <= target), None)
+    return None if hit is None else {"seconds": hit["seconds"], "tokens": hit["tokens"], "step": hit["step"]}
 
 
 def _figure(path: Path, r: dict[str, Any]) -> Path:
@@ -143,16 +168,24 @@ def _figure(path: Path, r: dict[str, Any]) -> Path:
 
 def _markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
+
+    def reach(t: dict[str, Any] | None) -> tuple[str, str]:
+        return ("not reached", "") if t is None else (f"{t['seconds']:.1f}", f"{t['tokens']:,}")
+
+    adamw = r.get("adamw_target")
     lines = [
-        f"Optimizers on `{r['preset']}` ({r['size']} size, seed {r['seed']}; each at the best of "
-        f"{len(s['factors'])} learning rates after {s['sweep_steps']} steps, then {s['steps']} steps; target: "
-        f"validation loss {r['target']:.4f}, the worst final loss)",
+        f"Optimizers on `{r['preset']}` ({r['size']} size, seed {r['seed']}; each at the best learning rate of a "
+        f"sweep of {s['sweep_steps']} steps ({len(s['factors'])} rates around its usual one, and up to {s['extend']} "
+        f"more when the best is at an end), then {s['steps']} steps; target A: validation loss {r['target']:.4f}, "
+        "the worst final loss" + ("" if adamw is None else f"; target B: {adamw:.4f}, AdamW's final loss") + ")",
         "",
-        "| optimizer | lr | final val loss | seconds to target | tokens to target | seconds in all |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| optimizer | lr (rates tried) | final val loss | seconds to A | tokens to A | seconds to B | tokens to B "
+        "| seconds in all |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in sorted(r["rows"], key=lambda x: x["to_target"]["seconds"]):
-        t = row["to_target"]
-        lines.append(f"| {row['optimizer']} | {row['lr']:.3g} | {row['final']:.4f} | {t['seconds']:.1f} | "
-                     f"{t['tokens']:,} | {row['seconds']:.1f} |")  # fmt: skip
+        a, b = reach(row["to_target"]), reach(row.get("to_adamw"))
+        tried = ", ".join(f"{t['lr']:.3g}" for t in sorted(row["sweep"], key=lambda t: t["lr"]))
+        lines.append(f"| {row['optimizer']} | {row['lr']:.3g} ({tried}) | {row['final']:.4f} | {a[0]} | {a[1]} | "
+                     f"{b[0]} | {b[1]} | {row['seconds']:.1f} |")  # fmt: skip
     return "\n".join(lines) + "\n"

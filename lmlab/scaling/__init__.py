@@ -211,7 +211,8 @@ def fit(
         checks.append({"n_layer": r["n_layer"], "params": r["params"], "tokens": r["tokens"],
                        "measured": r["val_loss"], **{f"predicted_{k}": v for k, v in p.items()},
                        "error": r["val_loss"] / p["loss"] - 1,
-                       "inside": p["low"] <= r["val_loss"] <= p["high"]})  # fmt: skip
+                       "inside": p["run_low"] <= r["val_loss"] <= p["run_high"],
+                       "inside_law": p["low"] <= r["val_loss"] <= p["high"]})  # fmt: skip
     result = {
         "law": law.to_dict(),
         "samples": law.samples,
@@ -231,7 +232,7 @@ def _load_law(sweep_dir: Path) -> tuple[PowerLaw, dict[str, Any]]:
     saved = io.read_json(sweep_dir / "fit.json")
     d = saved["law"]
     law = PowerLaw(d["kind"], d["params"], {k: tuple(v) for k, v in d["intervals"].items()}, d["level"],
-                   saved.get("samples", []), d["residual"])  # fmt: skip
+                   saved.get("samples", []), d["residual"], d.get("residuals", []))  # fmt: skip
     return law, saved
 
 
@@ -280,7 +281,10 @@ def _plot(path: Path, law: PowerLaw, used: list[dict], held: list[dict], result:
             continue
         preds = [law.predict(x, d) for x in xs]
         ax.plot(xs, [p["loss"] for p in preds], color=color, lw=1)
-        ax.fill_between(xs, [p["low"] for p in preds], [p["high"] for p in preds], color=color, alpha=0.15)
+        ax.fill_between(xs, [p["low"] for p in preds], [p["high"] for p in preds], color=color, alpha=0.25,
+                        lw=0, label="the law's interval" if b == budgets[0] else None)  # fmt: skip
+        ax.fill_between(xs, [p["run_low"] for p in preds], [p["run_high"] for p in preds], color=color, alpha=0.1,
+                        lw=0, label="one run's interval" if b == budgets[0] else None)  # fmt: skip
     p = law.params
     text = f"L = {p['E']:.3f} + {p['A']:.3g}·N^-{p['alpha']:.3f}"
     if law.kind == "ND":

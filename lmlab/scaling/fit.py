@@ -5,7 +5,11 @@ Both are fitted the Chinchilla way: parameters in log space (E = e^e, A = e^a, B
 positive), the Huber loss (δ = 1e-3) between log L̂ and log L, minimized with L-BFGS from a grid of starting points
 (the best result kept). Confidence intervals come from the bootstrap: the points are resampled with replacement
 and refitted (from the full fit's optimum) ``bootstrap`` times; each parameter's and each prediction's interval is
-the middle ``level`` of those refits.
+the middle ``level`` of those refits. That interval is the law's: where the mean loss of a size lies. One training
+run scatters around it (seed, data order, the learning-rate rule fitting some sizes better than others), so a
+prediction also gets the interval for one run, a residual bootstrap: each refit's prediction with each of the full
+fit's log residuals added, the residuals scaled by √(n / (n − p)) for the p parameters fitted (Davison & Hinkley
+1997, §6.3.3). A held-out run is checked against that one.
 
 Written here rather than taken from SciPy: SciPy is not otherwise a dependency, the fit is a few lines of
 PyTorch, and the same code runs the bootstrap's hundreds of small refits.
@@ -36,6 +40,7 @@ class PowerLaw:
     level: float = 0.95
     samples: list[dict[str, float]] = field(default_factory=list)  # the bootstrap refits
     residual: float = 0.0  # root mean square of log L̂ − log L over the points
+    residuals: list[float] = field(default_factory=list)  # log L − log L̂ per point, scaled by √(n / (n − p))
 
     def loss(self, n: float, d: float | None = None, params: dict[str, float] | None = None) -> float:
         p = params or self.params
@@ -47,13 +52,16 @@ class PowerLaw:
         return out
 
     def predict(self, n: float, d: float | None = None) -> dict[str, float]:
-        """The predicted loss and its bootstrap interval."""
+        """The predicted loss, the law's bootstrap interval (``low``, ``high``) and the interval for the loss of
+        one training run (``run_low``, ``run_high``: the law's spread and the points' scatter about it)."""
         value = self.loss(n, d)
         if not self.samples:
-            return {"loss": value, "low": value, "high": value}
-        spread = sorted(self.loss(n, d, s) for s in self.samples)
-        lo, hi = _quantiles(spread, self.level)
-        return {"loss": value, "low": lo, "high": hi}
+            return {"loss": value, "low": value, "high": value, "run_low": value, "run_high": value}
+        means = [self.loss(n, d, s) for s in self.samples]
+        lo, hi = _quantiles(sorted(means), self.level)
+        runs = sorted(m * math.exp(r) for m in means for r in self.residuals or [0.0])
+        run_lo, run_hi = _quantiles(runs, self.level)
+        return {"loss": value, "low": lo, "high": hi, "run_low": min(run_lo, lo), "run_high": max(run_hi, hi)}
 
     def compute_optimal(self, flops: float) -> dict[str, float] | None:
         """With L(N, D) and C ≈ 6·N·D: the N and D that minimize the loss at ``flops``, and tokens per parameter."""
@@ -68,7 +76,7 @@ class PowerLaw:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "params": self.params, "intervals": {k: list(v) for k, v in self.intervals.items()},
-                "level": self.level, "residual": self.residual}  # fmt: skip
+                "level": self.level, "residual": self.residual, "residuals": self.residuals}  # fmt: skip
 
 
 def _quantiles(sorted_values: Sequence[float], level: float) -> tuple[float, float]:
@@ -139,7 +147,10 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float], d: Sequence[float] 
         terms = [torch.full_like(log_n, theta[0]), theta[1] - theta[2] * log_n]
         if log_d is not None:
             terms.append(theta[3] - theta[4] * log_d)
-        law.residual = float((torch.logsumexp(torch.stack(terms), 0) - log_l).pow(2).mean().sqrt())
+        misfit = torch.logsumexp(torch.stack(terms), 0) - log_l
+        law.residual = float(misfit.pow(2).mean().sqrt())
+        scale = math.sqrt(len(n) / max(len(n) - len(theta), 1))
+        law.residuals = [float(-x) * scale for x in misfit]
     gen = torch.Generator().manual_seed(seed)
     for _ in range(bootstrap):
         idx = torch.randint(0, len(n), (len(n),), generator=gen)

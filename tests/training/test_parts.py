@@ -8,6 +8,7 @@ import json
 import os
 import signal
 
+import pytest
 import torch
 
 from lmlab import checkpoint as ckpt
@@ -73,3 +74,10 @@ def test_weight_decay_reaches_embeddings_only_when_asked():
     assert not any(p.dim() < 2 for p in with_emb[0]["params"])  # norms and biases never
     n = sum(p.numel() for g in with_emb for p in g["params"])
     assert n == sum(p.numel() for p in model.parameters())  # every parameter in exactly one group
+
+
+def test_cpu_runtime_flushes_subnormals_to_zero():
+    # subnormal floats take a slow path on x86 CPUs; the CPU runtime turns them into zeros
+    tiny = torch.tensor([1e-39, 1e-30], dtype=torch.float32)
+    runtime.setup("cpu", "fp32")
+    assert (tiny * 1.0).tolist()[0] == 0.0 and (tiny * 1.0).tolist()[1] == pytest.approx(1e-30)
