@@ -9,7 +9,7 @@ the middle ``level`` of those refits. That interval is the law's: where the mean
 run scatters around it (seed, data order, the learning-rate rule fitting some sizes better than others), so a
 prediction also gets the interval for one run, a residual bootstrap: each refit's prediction with each of the full
 fit's log residuals added, the residuals scaled by √(n / (n − p)) for the p parameters fitted (Davison & Hinkley
-1997, §6.3.3). A held-out run is checked against that one.
+1997, ch. 6). A held-out run is checked against that one.
 
 Written here rather than taken from SciPy: SciPy is not otherwise a dependency, the fit is a few lines of
 PyTorch, and the same code runs the bootstrap's hundreds of small refits.
