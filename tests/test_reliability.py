@@ -77,9 +77,16 @@ def no_traceback(err: str) -> None:
     assert "Traceback" not in err and 'File "' not in err, err
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # a job started in the background (`cmd &`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler; the child gets Ctrl-C as a terminal gives it, wherever the tests run
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def lmlab_process(args: list[str], **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "lmlab", *args], env=env, text=True, **kw)
+    return subprocess.Popen([sys.executable, "-m", "lmlab", *args], env=env, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal, **kw)  # fmt: skip
 
 
 @pytest.fixture
@@ -358,7 +365,7 @@ def test_a_signal_at_a_random_point_of_prepare(gutenberg, tmp_path, signum, code
     out = tmp_path / "data"
     before = tree_digest(gutenberg)
     p = lmlab_process(["prepare", str(gutenberg), "--out", str(out)], stderr=subprocess.PIPE)
-    time.sleep(random.Random(signum).uniform(1.0, 3.0))  # import, read, train the tokenizer, encode: any of them
+    time.sleep(random.Random(signum).uniform(0.5, 2.0))  # import, read, train the tokenizer, encode: any of them
     if p.poll() is not None:
         pytest.skip("prepare finished before the signal")
     p.send_signal(signum)
