@@ -8,6 +8,7 @@ import pytest
 from lmlab.cli import VERBS, main
 from lmlab.config import get_preset
 from lmlab.errors import LmlabError
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def test_help_lists_every_verb(capsys):
@@ -61,3 +62,16 @@ def test_console_script_error_is_one_line(tmp_path):
     r = subprocess.run([*cmd, "prepare", str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("verb", "typo", "meant"), [("rag", "serch", "search"), ("scaling", "fitt", "fit")])
+def test_verbs_with_commands_list_them_and_name_the_closest_to_a_typo(verb, typo, meant, capsys):
+    from lmlab.cli import rag, scaling
+
+    commands = {"rag": rag, "scaling": scaling}[verb].COMMANDS
+    for args in ([verb], [verb, "--help"]):
+        res = run_cli(args, capsys)
+        assert res.code == 0 and res.out.startswith(f"usage: lmlab {verb} ")
+        listed = [ln.split()[0] for ln in res.out.splitlines()[2:]]
+        assert listed == list(commands)  # one line per command
+    assert_one_line_error(run_cli([verb, typo], capsys), f"unknown command '{typo}'", f"did you mean '{meant}'")

@@ -66,6 +66,24 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def subcommand(argv: list[str], commands: dict[str, Any], usage: str) -> str | None:
+    """The COMMAND of ``lmlab VERB COMMAND ...`` (a verb with commands of its own: rag, scaling). With no
+    argument or ``--help``: prints ``usage`` and each command's first clause, and returns None. An unknown command
+    is a one-line error that names the closest one."""
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, commands))
+        lines = []
+        for name, cls in commands.items():
+            doc = " ".join((cls.__doc__ or "").split())
+            lines.append(f"  {name:<{width}}  {re.split(r'[.;:] ', doc + ' ', maxsplit=1)[0].rstrip('.')}")
+        print(usage + "\n\n" + "\n".join(lines))
+        return None
+    cmd = argv[0]
+    if cmd not in commands:
+        raise LmlabError(f"unknown command {cmd!r}{did_you_mean(cmd, commands)}; {usage.removeprefix('usage: ')}")
+    return cmd
+
+
 def parse(target: Any, *, args: list[str], prog: str, **kwargs: Any) -> Any:
     """``tyro.cli(target, ...)``, with its errors as one LmlabError line ("... (did you mean --x?); see PROG --help")
     instead of a box of 6-10 lines. ``--help`` prints the full help as tyro does."""

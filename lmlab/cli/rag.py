@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 import tyro
 
-from lmlab.cli import parse
-from lmlab.errors import LmlabError, did_you_mean
+from lmlab.cli import parse, subcommand
+from lmlab.errors import LmlabError
 
 
 @dataclass
@@ -109,13 +109,8 @@ def main(argv: list[str]) -> None:
     from lmlab import io
     from lmlab.rag import Index, ask, read_questions, reader_scores, retrieval_scores
 
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + "\n\n" + "\n".join(f"  {n:<13} {(c.__doc__ or '').split('.')[0].split(':')[0]}"
-                                            for n, c in COMMANDS.items()))  # fmt: skip
+    if (cmd := subcommand(argv, COMMANDS, USAGE)) is None:
         return
-    cmd = argv[0]
-    if cmd not in COMMANDS:
-        raise LmlabError(f"unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; {USAGE.removeprefix('usage: ')}")
     if cmd == "train-encoder":  # the encoder objective of the one trainer: its arguments are finetune's
         from lmlab.cli import finetune
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import tyro
 
-from lmlab.cli import parse
-from lmlab.errors import LmlabError, did_you_mean
+from lmlab.cli import parse, subcommand
+from lmlab.errors import LmlabError
 
 
 @dataclass
@@ -57,13 +57,8 @@ USAGE = "usage: lmlab scaling sweep|fit|predict ...   (lmlab scaling COMMAND --h
 def main(argv: list[str]) -> None:
     from lmlab import scaling
 
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + "\n\n" + "\n".join(f"  {n:<8} {(c.__doc__ or '').split(';')[0].split('.')[0]}"
-                                            for n, c in COMMANDS.items()))  # fmt: skip
+    if (cmd := subcommand(argv, COMMANDS, USAGE)) is None:
         return
-    cmd = argv[0]
-    if cmd not in COMMANDS:
-        raise LmlabError(f"unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; {USAGE.removeprefix('usage: ')}")
     cls = COMMANDS[cmd]
     args = parse(cls, args=argv[1:], prog=f"lmlab scaling {cmd}", description=cls.__doc__)
     if cmd == "sweep":
